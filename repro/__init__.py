@@ -1,0 +1,18 @@
+"""repro: a reference harness for compute-efficient multimodal LLMs (DOP and its baselines).
+
+Public API: `repro.load(...)` -> Model; `model.generate(images, question, method=...)` -> Result.
+"""
+
+from repro.errors import ReproError
+
+__version__ = "0.1.0"
+
+
+def load(name_or_path: str, **kwargs):
+    """Load a model for the engine; see `repro.models.loading.load`."""
+    from repro.models.loading import load as _load
+
+    return _load(name_or_path, **kwargs)
+
+
+__all__ = ["ReproError", "load", "__version__"]

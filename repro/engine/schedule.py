@@ -1,0 +1,154 @@
+"""Which tokens each operation of each decoder layer processes.
+
+A schedule is data: for every layer l, the tokens that take part in attention (`attention`:
+each issues a query and provides a key/value), the tokens that only provide keys/values
+(`kv_only`, the query-skip semantics) and the tokens that pass through the MLP (`mlp`). A token
+outside a set keeps its hidden state through that sub-layer. `None` means "every token"; the
+engine then runs the layer without any gather or scatter, exactly like the unpruned model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from repro.engine.probes import Probe
+
+
+@dataclass(frozen=True)
+class LayerOps:
+    """The token sets of one decoder layer (sorted, unique int64 indices into the sequence)."""
+
+    attention: Tensor | None = None
+    mlp: Tensor | None = None
+    kv_only: Tensor | None = None
+
+    def attention_set(self, n_tokens: int) -> Tensor:
+        return _resolve(self.attention, n_tokens)
+
+    def mlp_set(self, n_tokens: int) -> Tensor:
+        return _resolve(self.mlp, n_tokens)
+
+    def kv_set(self, n_tokens: int) -> Tensor:
+        """Tokens whose keys/values this layer computes and caches: attention ∪ kv_only."""
+        if self.kv_only is None or self.kv_only.numel() == 0:
+            return self.attention_set(n_tokens)
+        return torch.unique(torch.cat([self.attention_set(n_tokens), self.kv_only]))
+
+    def validate(self, n_tokens: int, required: Tensor, layer: int) -> None:
+        """Raise ValueError for out-of-range, duplicate or unsorted indices, or a missing required token."""
+        for name in ("attention", "mlp", "kv_only"):
+            idx = getattr(self, name)
+            if idx is None:
+                continue
+            where = f"layer {layer} {name}"
+            if idx.dim() != 1 or idx.dtype not in (torch.int64, torch.int32):
+                raise ValueError(f"{where}: expected a 1-D integer tensor, got {tuple(idx.shape)} {idx.dtype}")
+            if idx.numel() and (idx.min() < 0 or idx.max() >= n_tokens):
+                raise ValueError(f"{where}: indices out of range [0, {n_tokens})")
+            if idx.numel() > 1 and not bool((idx[1:] > idx[:-1]).all()):
+                raise ValueError(f"{where}: indices must be sorted and unique")
+        if self.kv_only is not None and self.attention is not None and self.kv_only.numel():
+            if torch.isin(self.kv_only, self.attention).any():
+                raise ValueError(f"layer {layer} kv_only: overlaps the attention set")
+        if self.kv_only is not None and self.attention is None and self.kv_only.numel():
+            raise ValueError(f"layer {layer} kv_only: every token already attends")
+        for name in ("attention", "mlp"):
+            idx = getattr(self, name)
+            if idx is not None and not bool(torch.isin(required, idx).all()):
+                raise ValueError(f"layer {layer} {name}: every non-visual token must be kept")
+
+
+def _resolve(idx: Tensor | None, n_tokens: int) -> Tensor:
+    return torch.arange(n_tokens) if idx is None else idx
+
+
+class Planner(Protocol):
+    """Decides each layer's token sets, possibly from probes of the running prefill."""
+
+    def layer_ops(self, layer: int, probe: "Probe") -> LayerOps: ...
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A static plan: one LayerOps per decoder layer (also a Planner that ignores probes)."""
+
+    layers: tuple[LayerOps, ...]
+    renumber: bool = False
+    name: str = field(default="schedule", compare=False)
+
+    @classmethod
+    def full(cls, n_layers: int) -> "Schedule":
+        return cls(tuple(LayerOps() for _ in range(n_layers)), name="full")
+
+    def layer_ops(self, layer: int, probe: "Probe") -> LayerOps:
+        return self.layers[layer]
+
+    def validate(self, n_tokens: int, required: Tensor) -> None:
+        for layer, ops in enumerate(self.layers):
+            ops.validate(n_tokens, required, layer)
+
+    def without_dead_ops(self, n_tokens: int) -> "Schedule":
+        """Drop operations whose result can never reach the output.
+
+        A token's state after layer l is read again only if the token attends or provides
+        keys/values at a later layer (the decode steps read those caches too), or if it is the
+        last token (its state gives the first answer token). Its MLP at l and its query at l
+        are dead otherwise; a dead query becomes key/value-only, because other tokens still
+        read its key and value at l.
+        """
+        alive = torch.zeros(n_tokens, dtype=torch.bool)
+        alive[n_tokens - 1] = True
+        out: list[LayerOps] = []
+        for ops in reversed(self.layers):
+            attn = ops.attention_set(n_tokens)
+            kv = ops.kv_set(n_tokens)
+            mlp = ops.mlp_set(n_tokens)
+            live_attn = attn[alive[attn]]
+            out.append(LayerOps(
+                attention=live_attn,
+                mlp=mlp[alive[mlp]],
+                kv_only=kv[~torch.isin(kv, live_attn)],
+            ))
+            alive[kv] = True
+        return Schedule(tuple(reversed(out)), renumber=self.renumber, name=f"{self.name}+dead-ops-skipped")
+
+
+def visual_schedule(
+    n_tokens: int,
+    visual: Tensor,
+    attention_keep: list[Tensor | None],
+    mlp_keep: list[Tensor | None],
+    kv_only_keep: list[Tensor | None] | None = None,
+    *,
+    renumber: bool = False,
+    name: str = "schedule",
+) -> Schedule:
+    """Build a schedule from per-layer subsets of the visual tokens; every other token is kept.
+
+    `visual` holds the sequence indices of the visual tokens; each `*_keep[l]` holds sequence
+    indices of the visual tokens kept by that operation (None = all of them).
+    """
+    others = torch.ones(n_tokens, dtype=torch.bool)
+    others[visual] = False
+    other_idx = others.nonzero().flatten()
+
+    def with_others(keep: Tensor | None) -> Tensor | None:
+        if keep is None:
+            return None
+        return torch.sort(torch.cat([other_idx, keep.to(torch.int64)])).values
+
+    kv_only_keep = kv_only_keep or [None] * len(attention_keep)
+    layers = tuple(
+        LayerOps(
+            attention=with_others(a),
+            mlp=with_others(m),
+            kv_only=None if k is None else torch.sort(k.to(torch.int64)).values,
+        )
+        for a, m, k in zip(attention_keep, mlp_keep, kv_only_keep, strict=True)
+    )
+    return Schedule(layers, renumber=renumber, name=name)

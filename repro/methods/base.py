@@ -1,0 +1,45 @@
+"""The Method interface: what a token-reduction method may decide, as data.
+
+A method may reduce visual tokens before the LLM (`reduce`) and plan the per-layer token sets of
+the prefill (`planner`), statically or from probes. It never touches the model's modules: all
+sequence surgery happens in the adapter and the engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+from repro.engine import Planner, Schedule, Sequence
+from repro.models.adapter import Prepared, VisualTokens
+
+if TYPE_CHECKING:
+    from repro.models.model import Model
+
+
+class Method:
+    """The unpruned model; subclasses override the hooks they need."""
+
+    name = "unpruned"
+    positions = "original"  # how a reduced sequence is numbered: "original" or "contiguous"
+    skip_dead_ops = False  # ask the engine to skip operations that cannot reach the output
+
+    def reduce(self, model: "Model", prepared: Prepared, visual: VisualTokens) -> VisualTokens:
+        """Pre-LLM: select or merge visual tokens."""
+        return visual
+
+    def planner(self, model: "Model", seq: Sequence) -> Planner:
+        """In-LLM: the token sets of every layer's operations."""
+        return Schedule.full(model.card.layers)
+
+
+@dataclass
+class ScheduleMethod(Method):
+    """A fixed schedule computed from the assembled sequence (tests, benchmarks, analyses)."""
+
+    build: Callable[[Sequence], Schedule]
+    skip_dead_ops: bool = False
+    name: str = "schedule"
+
+    def planner(self, model: "Model", seq: Sequence) -> Planner:
+        return self.build(seq)

@@ -1,0 +1,1 @@
+"""Model families, the checkpoint registry and architecture cards."""

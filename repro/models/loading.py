@@ -1,0 +1,154 @@
+"""`repro.load`: a registry name, HF id, local directory or tiny name -> a ready Model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from repro.errors import ReproError
+from repro.models.adapter import Adapter
+from repro.models.cards import ArchCard
+from repro.models.llava import Llava15Adapter, LlavaNextAdapter, fixed_grid_pinpoints
+from repro.models.model import Model
+from repro.models.registry import ModelEntry, entries, get_entry
+from repro.models.tiny import TINY_BUILDERS, build_tokenizer
+
+# model_type of the HF config -> adapter class
+ADAPTERS: dict[str, type[Adapter]] = {"llava": Llava15Adapter, "llava_next": LlavaNextAdapter}
+_LLAVA_NEXT_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
+
+
+def load(name_or_path: str, *, dtype: torch.dtype | str | None = None, device: str | torch.device | None = None,
+         attn_implementation: str = "sdpa", random_weights: bool = False, protocol: str = "native") -> Model:
+    """Load a model for the engine.
+
+    - a tiny name (`tiny-llava-1.5`, `tiny-llava-next`) builds a tiny random model offline;
+    - a registry name (`python -m repro models`) resolves to its HF id;
+    - an HF id or a local directory loads through `from_pretrained` (respects HF_HUB_OFFLINE);
+    - `random_weights=True` builds a registry model's real architecture with random weights
+      (FLOPs and latency only; `device="meta"` builds it without allocating memory).
+    `protocol="fixed"` (LLaVA-NeXT) replaces the anyres grid by one 2×2 grid: the 672×672,
+    2880-token protocol of VisPruner and CDPruner.
+    """
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    if name_or_path in TINY_BUILDERS:
+        hf, processor = TINY_BUILDERS[name_or_path]()
+        name = name_or_path
+    elif random_weights:
+        entry = _entry_or_error(name_or_path)
+        hf, processor = _random_weights(entry, dtype, device)
+        name = entry.name
+    else:
+        name, source = _resolve(name_or_path)
+        hf, processor = _from_pretrained(source, dtype, attn_implementation)
+    adapter_cls = ADAPTERS.get(hf.config.model_type)
+    if adapter_cls is None:
+        raise ReproError(f"{name}: model_type {hf.config.model_type!r} has no adapter yet "
+                         f"(supported: {', '.join(sorted(ADAPTERS))})")
+    if protocol != "native":
+        _apply_protocol(hf, processor, protocol)
+    if str(device) != "meta":
+        hf.set_attn_implementation(attn_implementation)
+        hf.to(device=device, dtype=dtype) if (device or dtype) else None
+    hf.eval()
+    return Model(name, hf, processor, adapter_cls(hf, processor), ArchCard.from_hf_config(hf.config),
+                 attn_implementation=attn_implementation)
+
+
+def _entry_or_error(name: str) -> ModelEntry:
+    if name in TINY_BUILDERS:
+        raise ReproError(f"{name} is already random; drop random_weights=True")
+    return get_entry(name)
+
+
+def _resolve(name_or_path: str) -> tuple[str, str]:
+    """(display name, from_pretrained source) for a registry name, a local directory or an HF id."""
+    known = {e.name: e for e in entries()}
+    if name_or_path in known:
+        return name_or_path, known[name_or_path].hf_id
+    path = Path(name_or_path)
+    if path.exists():
+        _check_local_dir(path)
+        return path.name, str(path)
+    if "/" not in name_or_path:
+        raise ReproError(f"unknown model {name_or_path!r}; known names: "
+                         f"{', '.join(sorted([*known, *TINY_BUILDERS]))}, or an HF id / local directory")
+    return name_or_path, name_or_path
+
+
+def _check_local_dir(path: Path) -> None:
+    missing = [f for f in ("config.json",) if not (path / f).exists()]
+    has_weights = any(path.glob("*.safetensors")) or any(path.glob("*.bin"))
+    if missing or not has_weights:
+        what = ", ".join(missing + ([] if has_weights else ["weights (*.safetensors or *.bin)"]))
+        raise ReproError(f"{path} is missing {what}; fetch the checkpoint with "
+                         f"`hf download <hf-id> --local-dir {path}` (see `python -m repro models` for ids)")
+
+
+def _from_pretrained(source: str, dtype: torch.dtype | None, attn_implementation: str) -> tuple[Any, Any]:
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    try:
+        hf = AutoModelForImageTextToText.from_pretrained(source, dtype=dtype or "auto",
+                                                         attn_implementation=attn_implementation)
+        processor = AutoProcessor.from_pretrained(source)
+    except OSError as err:
+        raise ReproError(f"cannot load {source!r} ({err.__class__.__name__}: {str(err).splitlines()[0]}); "
+                         f"download it first with `hf download {source}` on a machine with network access, "
+                         f"or pass a local directory") from None
+    return hf, processor
+
+
+def _random_weights(entry: ModelEntry, dtype: torch.dtype | None, device: str | torch.device | None) -> tuple[Any, Any]:
+    """The real architecture of a registry model with random weights, and a stand-in processor.
+
+    The stand-in processor has the real image geometry but the tiny offline tokenizer (the real
+    vocabulary is not downloadable here): prompts are shorter than the real ones by a few tokens.
+    """
+    from transformers import (CLIPImageProcessorPil, CLIPVisionConfig, LlamaConfig, LlavaConfig,
+                              LlavaForConditionalGeneration, LlavaNextConfig, LlavaNextForConditionalGeneration,
+                              LlavaNextImageProcessorPil, LlavaNextProcessor, LlavaProcessor)
+
+    if entry.family not in ("llava-1.5", "llava-next"):
+        raise ReproError(f"random weights for family {entry.family} are not available yet")
+    card = entry.card
+    tok = build_tokenizer(["<image>"])
+    from repro.models.tiny import LLAVA_CHAT_TEMPLATE
+
+    tok.chat_template = LLAVA_CHAT_TEMPLATE
+    v = card.vision
+    vision = CLIPVisionConfig(hidden_size=v.hidden, intermediate_size=v.mlp, num_hidden_layers=v.layers,
+                              num_attention_heads=v.heads, image_size=v.image_size, patch_size=v.patch_size,
+                              hidden_act="quick_gelu")
+    text = LlamaConfig(vocab_size=card.vocab, hidden_size=card.hidden, intermediate_size=card.mlp,
+                       num_hidden_layers=card.layers, num_attention_heads=card.heads,
+                       num_key_value_heads=card.kv_heads, head_dim=card.head_dim, rms_norm_eps=1e-5,
+                       max_position_embeddings=4096, pad_token_id=tok.pad_token_id)
+    common = dict(vision_config=vision, text_config=text, image_token_index=tok.convert_tokens_to_ids("<image>"),
+                  image_seq_length=v.patches, vision_feature_layer=-2, vision_feature_select_strategy="default",
+                  projector_hidden_act="gelu")
+    size = dict(size={"shortest_edge": v.image_size}, crop_size={"height": v.image_size, "width": v.image_size})
+    proc_args = dict(tokenizer=tok, patch_size=v.patch_size, vision_feature_select_strategy="default",
+                     num_additional_image_tokens=1, chat_template=LLAVA_CHAT_TEMPLATE)
+    if entry.family == "llava-1.5":
+        config, cls = LlavaConfig(**common), LlavaForConditionalGeneration
+        processor = LlavaProcessor(image_processor=CLIPImageProcessorPil(**size), **proc_args)
+    else:
+        config = LlavaNextConfig(**common, image_grid_pinpoints=_LLAVA_NEXT_PINPOINTS)
+        cls = LlavaNextForConditionalGeneration
+        processor = LlavaNextProcessor(
+            image_processor=LlavaNextImageProcessorPil(**size, image_grid_pinpoints=_LLAVA_NEXT_PINPOINTS), **proc_args)
+    with torch.device(device or "cpu"):
+        hf = cls._from_config(config, dtype=dtype or torch.float32)
+    return hf, processor
+
+
+def _apply_protocol(hf: Any, processor: Any, protocol: str) -> None:
+    if protocol != "fixed" or hf.config.model_type != "llava_next":
+        raise ReproError(f"protocol {protocol!r} is not defined for {hf.config.model_type}; "
+                         "use protocol='fixed' with LLaVA-NeXT or the default 'native'")
+    pinpoints = fixed_grid_pinpoints(hf)
+    hf.config.image_grid_pinpoints = pinpoints
+    processor.image_processor.image_grid_pinpoints = pinpoints

@@ -1,0 +1,133 @@
+"""The loaded model users talk to: `Model.generate(images, question, method=...) -> Result`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Sequence as Seq
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from repro import flops
+from repro.engine import Engine, LayerRecord, Schedule, Sequence
+from repro.models.adapter import Adapter, Prepared, VisualTokens
+from repro.models.cards import ArchCard
+
+if TYPE_CHECKING:
+    from repro.methods.base import Method
+
+
+@dataclass(frozen=True)
+class Stats:
+    """What one prefill really computed."""
+
+    n_tokens: int  # prefill sequence length
+    visual_tokens: int  # visual tokens entering the LLM (after any pre-LLM reduction)
+    layers: tuple[LayerRecord, ...]  # tokens per operation, per layer
+    tflops: dict[str, float]  # realized prefill TFLOPs per convention ("paper", "exact")
+    dead_ops: str  # "kept" or "skipped": whether provably dead operations ran
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "n_tokens": self.n_tokens,
+            "visual_tokens": self.visual_tokens,
+            "attention_tokens": [r.queries for r in self.layers],
+            "kv_tokens": [r.keys for r in self.layers],
+            "mlp_tokens": [r.mlp for r in self.layers],
+            "visual_attention_tokens": [r.visual_queries for r in self.layers],
+            "visual_kv_tokens": [r.visual_keys for r in self.layers],
+            "visual_mlp_tokens": [r.visual_mlp for r in self.layers],
+            "tflops": dict(self.tflops),
+            "dead_ops": self.dead_ops,
+        }
+
+
+@dataclass
+class Result:
+    text: str
+    prompt: str  # the exact string sent through the processor
+    first_token_logprobs: Tensor  # (vocab,) log-softmax at the end of prefill, float32
+    tokens: list[int] = field(default_factory=list)  # generated ids (EOS excluded)
+    stats: Stats | None = None
+
+
+class Model:
+    """An HF multimodal model, its processor, its family adapter and its architecture card."""
+
+    def __init__(self, name: str, hf: Any, processor: Any, adapter: Adapter, card: ArchCard,
+                 attn_implementation: str = "sdpa"):
+        self.name = name
+        self.hf = hf
+        self.processor = processor
+        self.adapter = adapter
+        self.card = card
+        self.engine = Engine(adapter.decoder, backend=attn_implementation)
+
+    def __repr__(self) -> str:
+        return f"Model({self.name!r}, family={self.adapter.family!r}, backend={self.engine.backend!r})"
+
+    @property
+    def family(self) -> str:
+        return self.adapter.family
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.processor.tokenizer
+
+    # The data path, step by step (methods and analyses call these directly).
+    def prepare(self, images: Image.Image | Seq[Image.Image], question: str) -> Prepared:
+        images = [images] if isinstance(images, Image.Image) else list(images)
+        return self.adapter.prepare(images, question)
+
+    @torch.inference_mode()
+    def encode(self, prepared: Prepared) -> VisualTokens:
+        return self.adapter.encode(prepared)
+
+    @torch.inference_mode()
+    def assemble(self, prepared: Prepared, visual: VisualTokens, positions: str = "original") -> Sequence:
+        return self.adapter.assemble(prepared, visual, positions=positions)
+
+    def stats(self, seq: Sequence, records: Seq[LayerRecord], dead_ops: str = "kept") -> Stats:
+        layers = [flops.LayerTokens(r.queries, r.keys, r.mlp) for r in records]
+        tflops = {c: flops.prefill_flops(self.card, layers, c) / 1e12 for c in flops.CONVENTIONS}
+        return Stats(seq.n_tokens, int(seq.visual.numel()), tuple(records), tflops, dead_ops)
+
+    @torch.inference_mode()
+    def generate(self, images: Image.Image | Seq[Image.Image], question: str, *, method: "Method | None" = None,
+                 max_new_tokens: int = 16, stop: Seq[str] = ()) -> Result:
+        """Answer `question` about `images` greedily, with `method` deciding what is computed."""
+        prepared = self.prepare(images, question)
+        visual = self.encode(prepared)
+        if method is not None:
+            visual = method.reduce(self, prepared, visual)
+        seq = self.assemble(prepared, visual, positions=method.positions if method else "original")
+        planner = method.planner(self, seq) if method is not None else Schedule.full(self.card.layers)
+        dead_ops = "kept"
+        if method is not None and method.skip_dead_ops:
+            if not isinstance(planner, Schedule):
+                raise ValueError("dead-operation skipping needs a static Schedule")
+            planner, dead_ops = planner.without_dead_ops(seq.n_tokens), "skipped"
+        out = self.engine.prefill(seq, planner)
+        tokens = list(self.engine.greedy(out, max_new_tokens, self.eos_ids(), self._stopper(stop)))
+        text = self._trim(self.tokenizer.decode(tokens, skip_special_tokens=True), stop)
+        return Result(text=text, prompt=prepared.prompt, first_token_logprobs=out.logits.log_softmax(-1),
+                      tokens=tokens, stats=self.stats(seq, out.records, dead_ops))
+
+    def eos_ids(self) -> set[int]:
+        eos = self.hf.generation_config.eos_token_id
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        return set(eos) if isinstance(eos, (list, tuple)) else {int(eos)}
+
+    def _stopper(self, stop: Seq[str]):
+        if not stop:
+            return None
+        return lambda tokens: any(s in self.tokenizer.decode(tokens, skip_special_tokens=True) for s in stop)
+
+    @staticmethod
+    def _trim(text: str, stop: Seq[str]) -> str:
+        for s in stop:
+            if s and s in text:
+                text = text[: text.index(s)]
+        return text
