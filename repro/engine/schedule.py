@@ -152,3 +152,33 @@ def visual_schedule(
         for a, m, k in zip(attention_keep, mlp_keep, kv_only_keep, strict=True)
     )
     return Schedule(layers, renumber=renumber, name=name)
+
+
+def random_schedule(
+    n_tokens: int,
+    visual: Tensor,
+    n_layers: int,
+    generator: torch.Generator,
+    *,
+    keep: float = 0.5,
+    kv_only: bool = False,
+    renumber: bool = False,
+) -> Schedule:
+    """A random schedule over the visual tokens (tests, FLOPs cross-checks and benchmarks).
+
+    Each layer keeps a random subset (about `keep` of the visual tokens) for attention and an
+    independent one for the MLP; with `kv_only`, some of the other visual tokens provide keys and
+    values without issuing queries.
+    """
+    visual = visual.cpu()
+
+    def subset() -> Tensor:
+        return visual[torch.rand(visual.numel(), generator=generator) < keep]
+
+    attention = [subset() for _ in range(n_layers)]
+    mlp = [subset() for _ in range(n_layers)]
+    extra = None
+    if kv_only:
+        extra = [v[torch.rand(v.numel(), generator=generator) < 0.5]
+                 for v in (visual[~torch.isin(visual, a)] for a in attention)]
+    return visual_schedule(n_tokens, visual, attention, mlp, extra, renumber=renumber, name="random")
