@@ -79,3 +79,21 @@ def test_stop_strings_and_token_limit(tiny_models):
         stop = free.text[1:3]
         cut = model.generate(image, QUESTION, max_new_tokens=10, stop=[stop])
         assert stop not in cut.text and free.text.startswith(cut.text)
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_skipping_dead_operations_changes_nothing_but_cost(tiny_models, name):
+    model = tiny_models[name]["sdpa"]
+    image = make_image(5)
+
+    def build(seq):
+        return random_schedule(seq.n_tokens, seq.visual, model.card.layers, torch.Generator().manual_seed(5), keep=0.5)
+
+    kept = model.generate(image, QUESTION, method=ScheduleMethod(build), max_new_tokens=6)
+    skipped = model.generate(image, QUESTION, method=ScheduleMethod(build, skip_dead_ops=True), max_new_tokens=6)
+    assert (kept.first_token_logprobs - skipped.first_token_logprobs).abs().max() < 1e-5
+    assert kept.tokens == skipped.tokens
+    assert (kept.stats.dead_ops, skipped.stats.dead_ops) == ("kept", "skipped")
+    assert skipped.stats.tflops["exact"] < kept.stats.tflops["exact"]
+    # In the last layer only the last token's query and MLP can reach the output.
+    assert (skipped.stats.layers[-1].queries, skipped.stats.layers[-1].mlp) == (1, 1)

@@ -40,7 +40,11 @@ class LayerOps:
         return torch.unique(torch.cat([self.attention_set(n_tokens), self.kv_only]))
 
     def validate(self, n_tokens: int, required: Tensor, layer: int) -> None:
-        """Raise ValueError for out-of-range, duplicate or unsorted indices, or a missing required token."""
+        """Raise ValueError for malformed index sets or a schedule that would cut the output path.
+
+        Indices must be in range, sorted and unique; every `required` (non-visual) token must
+        provide keys/values, and the last token must attend and pass through the MLP.
+        """
         for name in ("attention", "mlp", "kv_only"):
             idx = getattr(self, name)
             if idx is None:
@@ -57,10 +61,15 @@ class LayerOps:
                 raise ValueError(f"layer {layer} kv_only: overlaps the attention set")
         if self.kv_only is not None and self.attention is None and self.kv_only.numel():
             raise ValueError(f"layer {layer} kv_only: every token already attends")
+        if self.attention is not None:
+            kv = self.attention if self.kv_only is None else torch.cat([self.attention, self.kv_only])
+            if not bool(torch.isin(required, kv).all()):
+                raise ValueError(f"layer {layer}: every non-visual token must provide keys/values")
+        last = torch.tensor([n_tokens - 1], device=required.device)
         for name in ("attention", "mlp"):
             idx = getattr(self, name)
-            if idx is not None and not bool(torch.isin(required, idx).all()):
-                raise ValueError(f"layer {layer} {name}: every non-visual token must be kept")
+            if idx is not None and not bool(torch.isin(last, idx).all()):
+                raise ValueError(f"layer {layer} {name}: the last token (the answer's source) must be kept")
 
 
 def _resolve(idx: Tensor | None, n_tokens: int) -> Tensor:
