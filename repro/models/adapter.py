@@ -79,7 +79,8 @@ class VisionSignals:
 
     def _cached(self, key: tuple, compute: Callable[[], Tensor]) -> Tensor:
         if key not in self._cache:
-            self._cache[key] = compute()
+            with torch.inference_mode():
+                self._cache[key] = compute()
         return self._cache[key]
 
     def _to_tokens(self, per_crop: Tensor) -> Tensor:

@@ -68,7 +68,8 @@ class Llava15Adapter(Adapter):
 
     def encode(self, prepared: Prepared) -> VisualTokens:
         _check_strategy(self.hf)
-        out = self.hf.model.get_image_features(pixel_values=prepared.inputs["pixel_values"], return_dict=True)
+        out = self.hf.model.get_image_features(
+            pixel_values=prepared.inputs["pixel_values"], output_hidden_states=True, return_dict=True)
         per_image = list(out.pooler_output)
         n_images, n_patches = len(per_image), per_image[0].shape[0]
         side = math.isqrt(n_patches)
@@ -96,7 +97,7 @@ class LlavaNextAdapter(Adapter):
         _check_strategy(self.hf)
         sizes = prepared.inputs["image_sizes"]
         out = self.hf.model.get_image_features(
-            pixel_values=prepared.inputs["pixel_values"], image_sizes=sizes, return_dict=True)
+            pixel_values=prepared.inputs["pixel_values"], image_sizes=sizes, output_hidden_states=True, return_dict=True)
         per_image = list(out.pooler_output)
         meta = self._metadata(sizes, [p.shape[0] for p in per_image])
         return VisualTokens(torch.cat(per_image), meta, ClipSignals(meta, self.hf, out.hidden_states))
