@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
-import torch
-from PIL import Image
+import os
 
-import repro
+# Tests never touch the network: hub libraries read these once, at import, so set them first.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+import repro  # noqa: E402
 
 TINY = ["tiny-llava-1.5", "tiny-llava-next"]
 
