@@ -1,0 +1,80 @@
+"""Prefill speed of the engine on a benchmark-size LLaVA (hidden 512, 8 layers, 576 visual tokens).
+
+Run: .venv/bin/python -m pytest benchmarks --benchmark-only
+- `prefill-keep`: schedules keeping 100/50/25/10% of the visual tokens in every layer, time
+  ratios next to the realized FLOPs ratios (target: time reduction ≥ 0.8 × FLOPs reduction);
+- `prefill-overhead`: the engine's full schedule next to HF's own decoder forward
+  (target: overhead ≤ 10%).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from repro import flops
+from repro.engine import Schedule, visual_schedule
+from repro.models.cards import ArchCard
+from repro.models.loading import ADAPTERS
+from repro.models.model import Model
+from repro.models.tiny import tiny_llava15
+
+TEXT = dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=8, num_attention_heads=8,
+            num_key_value_heads=8)
+FRACTIONS = (1.0, 0.5, 0.25, 0.10)
+
+
+@pytest.fixture(scope="module")
+def bench():
+    hf, processor = tiny_llava15(image_size=336, text=TEXT)
+    model = Model("bench-llava", hf, processor, ADAPTERS["llava"](hf, processor), ArchCard.from_hf_config(hf.config))
+    image = Image.fromarray((np.random.RandomState(0).rand(336, 336, 3) * 255).astype("uint8"))
+    prepared = model.prepare(image, "What colour is the small square in the top left corner?")
+    seq = model.assemble(prepared, model.encode(prepared))
+    assert seq.visual.numel() == 576
+    return model, seq
+
+
+def keep_schedule(model, seq, fraction: float) -> Schedule:
+    """The same random `fraction` of the visual tokens in every layer's attention and MLP."""
+    if fraction == 1.0:
+        return Schedule.full(model.card.layers)
+    order = torch.randperm(seq.visual.numel(), generator=torch.Generator().manual_seed(0))
+    keep = torch.sort(seq.visual[order[: round(fraction * seq.visual.numel())]]).values
+    layers = model.card.layers
+    return visual_schedule(seq.n_tokens, seq.visual, [keep] * layers, [keep] * layers)
+
+
+def test_prefill_time_follows_flops(interleaved, bench):
+    model, seq = bench
+    variants = {}
+    for fraction in FRACTIONS:
+        schedule = keep_schedule(model, seq, fraction)
+        records = model.engine.prefill(seq, schedule).records
+        total = flops.prefill_flops(model.card, [flops.LayerTokens(r.queries, r.keys, r.mlp) for r in records], "paper")
+        variants[f"keep {fraction:.0%} visual"] = (partial(model.engine.prefill, seq, schedule),
+                                                  {"flops": total, "visual_kept": fraction})
+    rows = interleaved("prefill-keep", variants)
+    for row in rows.values():  # time reduction ≥ 0.8 × FLOPs reduction
+        assert 1 - row["time_ratio"] >= 0.8 * (1 - row["flops_ratio"]) - 1e-9, row
+
+
+def test_engine_overhead_over_hf_forward(interleaved, bench):
+    model, seq = bench
+    lm, head = model.hf.get_decoder(), model.hf.get_output_embeddings()
+
+    @torch.inference_mode()
+    def hf_prefill():
+        hidden = lm(inputs_embeds=seq.embeds[None], position_ids=seq.positions[None], use_cache=True).last_hidden_state
+        return head(hidden[:, -1])
+
+    rows = interleaved("prefill-overhead", {
+        "HF decoder forward": (hf_prefill, {}),
+        "engine full schedule": (partial(model.engine.prefill, seq, Schedule.full(model.card.layers)), {}),
+    })
+    if rows:
+        assert rows["engine full schedule"]["time_ratio"] <= 1.10
