@@ -1,0 +1,204 @@
+"""`python -m repro <command>`: one small handler per subcommand.
+
+To add a command, write `_configure_x(parser)` and `_run_x(args) -> int` and add a `Command` to
+`COMMANDS`. A ReproError from any handler is printed as `error: <message>` (no traceback) and the
+exit code is 2. Heavy imports (torch, transformers) belong inside handlers, never at module level.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import TYPE_CHECKING
+
+from repro.errors import ReproError
+
+if TYPE_CHECKING:
+    from repro.budget import Budget
+    from repro.models.cards import ArchCard
+    from repro.models.registry import ModelEntry
+
+USER_ERROR_EXIT = 2
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: its one-line help, how it declares arguments, and what it runs."""
+
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned plain-text table."""
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    lines = ["  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip() for line in (header, *rows)]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+# --- models ---------------------------------------------------------------------------------
+
+
+def _configure_models(parser: argparse.ArgumentParser) -> None:
+    del parser  # no options
+
+
+def _run_models(args: argparse.Namespace) -> int:
+    from repro.models.registry import entries, local_weights
+
+    header = ["name", "family", "HF id", "layers/hidden/heads/kv", "visual tokens", "local weights"]
+    rows = []
+    for e in entries():
+        c = e.card
+        arch = f"{c.layers}/{c.hidden}/{c.heads}/{c.kv_heads}"
+        rows.append([e.name, e.family, e.hf_id, arch, str(c.visual_tokens), local_weights(e) or "no"])
+    print(_format_table(header, rows))
+    return 0
+
+
+# --- flops ----------------------------------------------------------------------------------
+
+
+def _configure_flops(parser: argparse.ArgumentParser) -> None:
+    from repro.flops import CONVENTIONS
+    from repro.flops_table import DEFAULT_TEXT_TOKENS
+
+    parser.add_argument(
+        "--model",
+        default="all",
+        help="model name, comma-separated names, or 'all' (default); see `python -m repro models`",
+    )
+    parser.add_argument(
+        "--visual-tokens", type=_non_negative_int, default=None, help="default: the model card's visual tokens"
+    )
+    parser.add_argument(
+        "--text-tokens",
+        type=_non_negative_int,
+        default=DEFAULT_TEXT_TOKENS,
+        help=f"default {DEFAULT_TEXT_TOKENS}: 35-token vicuna_v1 prefix + 64 question/suffix tokens (MODELS.md 8)",
+    )
+    parser.add_argument("--convention", choices=CONVENTIONS, default="paper", help="FLOPs convention (default paper)")
+    parser.add_argument(
+        "--budget",
+        default=None,
+        help="also report a budget's TFLOPs: tokens:N (N visual tokens in every layer), ratio:R or tflops:X (ceiling)",
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON (an object for one model, else a list)")
+    parser.add_argument(
+        "--table", action="store_true", help="write flops.md and flops.csv (both conventions, budgets) instead"
+    )
+    parser.add_argument("--out", default="paper_tables", help="output folder for --table (default paper_tables)")
+
+
+def _selected_models(spec: str) -> list[ModelEntry]:
+    from repro.models.registry import entries, get_entry
+
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    if not names or names == ["all"]:
+        return entries()
+    return [get_entry(name) for name in names]
+
+
+def _budget_flops(budget: Budget, card: ArchCard, text_tokens: int, unpruned: int, convention: str) -> float:
+    """TFLOPs of a budget: its ceiling (ratio, tflops) or the cost of N visual tokens (tokens)."""
+    from repro.flops import unpruned_prefill_flops
+
+    ceiling = budget.max_flops(unpruned)
+    if ceiling is None:
+        ceiling = unpruned_prefill_flops(card, budget.tokens + text_tokens, convention)
+    return ceiling / 1e12
+
+
+def _run_flops(args: argparse.Namespace) -> int:
+    from repro.budget import as_budget
+    from repro.flops import unpruned_prefill_flops
+
+    budget = as_budget(args.budget)
+    models = _selected_models(args.model)
+    if args.table:
+        from repro.flops_table import write_flops_table
+
+        for path in write_flops_table(args.out, models, args.text_tokens):
+            print(f"wrote {path}")
+        return 0
+    records = []
+    for entry in models:
+        n_vis = entry.card.visual_tokens if args.visual_tokens is None else args.visual_tokens
+        flops = unpruned_prefill_flops(entry.card, n_vis + args.text_tokens, args.convention)
+        records.append(
+            {
+                "model": entry.name,
+                "convention": args.convention,
+                "visual_tokens": n_vis,
+                "text_tokens": args.text_tokens,
+                "tflops": flops / 1e12,
+            }
+        )
+        if budget is not None:
+            records[-1]["budget"] = str(budget)
+            records[-1]["budget_tflops"] = _budget_flops(
+                budget, entry.card, args.text_tokens, flops, args.convention
+            )
+    if args.json:
+        single = len(records) == 1 and args.model.strip() != "all"
+        print(json.dumps(records[0] if single else records, indent=2))
+        return 0
+    header = ["model", "convention", "visual tokens", "text tokens", "prefill TFLOPs"]
+    rows = [
+        [r["model"], r["convention"], str(r["visual_tokens"]), str(r["text_tokens"]), f"{r['tflops']:.2f}"]
+        for r in records
+    ]
+    if budget is not None:
+        header.append(f"{budget} TFLOPs")
+        for row, r in zip(rows, records):
+            row.append(f"{r['budget_tflops']:.2f}")
+    print(_format_table(header, rows))
+    return 0
+
+
+COMMANDS: "MappingProxyType[str, Command]" = MappingProxyType(
+    {
+        "models": Command("list the registered checkpoints and whether weights are cached", _configure_models, _run_models),
+        "flops": Command("analytic unpruned prefill FLOPs, or the FLOPs table", _configure_flops, _run_flops),
+    }
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with one subparser per entry of COMMANDS."""
+    parser = argparse.ArgumentParser(
+        prog="python -m repro",
+        description="Reproduction harness for DOP (arXiv 2507.02909) and visual-token-pruning baselines.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, command in COMMANDS.items():
+        sub_parser = sub.add_parser(name, help=command.help, description=command.help)
+        command.configure(sub_parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; user errors print `error: ...` and return 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command].run(args)
+    except ReproError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return USER_ERROR_EXIT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Regenerate a paper table.
+#   ./run_all.sh [--table main|budgets|flops|latency|dop] [--profile tiny|paper]
+#                [--models NAME[,NAME...]] [--executor local|slurm] [--dry-run]
+# Implemented so far: --table flops (analytic, needs no weights); it is the default table until
+# the tiny world exists.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")"
+
+usage() {
+    sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'
+}
+
+TABLE=flops
+PROFILE=tiny
+PROFILE_SOURCE="default: the paper's weights and a GPU are not assumed on this machine"
+MODELS=all
+EXECUTOR=local
+DRY_RUN=0
+
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --table) TABLE="${2:?--table needs a value}"; shift 2 ;;
+        --profile) PROFILE="${2:?--profile needs a value}"; PROFILE_SOURCE="from --profile"; shift 2 ;;
+        --models) MODELS="${2:?--models needs a value}"; shift 2 ;;
+        --executor) EXECUTOR="${2:?--executor needs a value}"; shift 2 ;;
+        --dry-run) DRY_RUN=1; shift ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "error: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
+    esac
+done
+
+case "$PROFILE" in tiny|paper) ;; *) echo "error: --profile must be tiny or paper, got '$PROFILE'" >&2; exit 2 ;; esac
+case "$EXECUTOR" in local|slurm) ;; *) echo "error: --executor must be local or slurm, got '$EXECUTOR'" >&2; exit 2 ;; esac
+
+echo "profile: $PROFILE ($PROFILE_SOURCE)"
+
+if [[ -x .venv/bin/python ]]; then PY=.venv/bin/python; else PY=python3; fi
+MODELS="${MODELS// /,}"
+
+case "$TABLE" in
+    flops)
+        echo "table: flops (analytic; the same for every profile and executor)"
+        CMD=("$PY" -m repro flops --table --model "$MODELS" --out paper_tables)
+        ;;
+    main|budgets|latency|dop)
+        echo "error: table '$TABLE' is not implemented yet (it needs the engine, methods and tiny world; only --table flops works now)" >&2
+        exit 2
+        ;;
+    *)
+        echo "error: unknown table '$TABLE'; choose main, budgets, flops, latency or dop" >&2
+        exit 2
+        ;;
+esac
+
+if [[ "$DRY_RUN" == 1 ]]; then
+    echo "dry run: $(printf '%q ' "${CMD[@]}")"
+    exit 0
+fi
+"${CMD[@]}"
