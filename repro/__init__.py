@@ -15,4 +15,11 @@ def load(name_or_path: str, **kwargs):
     return _load(name_or_path, **kwargs)
 
 
-__all__ = ["ReproError", "load", "__version__"]
+def method(name: str, budget=None, **options):
+    """Build a registered method; see `repro.methods.registry.method` and `python -m repro methods`."""
+    from repro.methods import method as _method
+
+    return _method(name, budget, **options)
+
+
+__all__ = ["ReproError", "load", "method", "__version__"]

@@ -1,5 +1,7 @@
-"""The Method interface (and, later, the registry of methods and DOP)."""
+"""Methods: the interface, the registry (`method(name, budget, **options)`) and the methods."""
 
-from repro.methods.base import Method, ScheduleMethod
+from repro.methods import random_keep  # noqa: F401  (registers "random")
+from repro.methods.base import Method, ScheduleMethod, visual_tokens_for_budget
+from repro.methods.registry import MethodSpec, method, register, specs
 
-__all__ = ["Method", "ScheduleMethod"]
+__all__ = ["Method", "MethodSpec", "ScheduleMethod", "method", "register", "specs", "visual_tokens_for_budget"]

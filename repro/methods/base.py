@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
+from repro import flops
+from repro.budget import Budget, solve_knob
 from repro.engine import Planner, Schedule, Sequence
 from repro.models.adapter import Prepared, VisualTokens
 
@@ -24,6 +26,9 @@ class Method:
     positions = "original"  # how a reduced sequence is numbered: "original" or "contiguous"
     skip_dead_ops = False  # ask the engine to skip operations that cannot reach the output
 
+    def __init__(self, budget: Budget | None = None):
+        self.budget = budget
+
     def reduce(self, model: "Model", prepared: Prepared, visual: VisualTokens) -> VisualTokens:
         """Pre-LLM: select or merge visual tokens."""
         return visual
@@ -31,6 +36,22 @@ class Method:
     def planner(self, model: "Model", seq: Sequence) -> Planner:
         """In-LLM: the token sets of every layer's operations."""
         return Schedule.full(model.card.layers)
+
+
+def visual_tokens_for_budget(model: "Model", prepared: Prepared, n_visual: int, budget: Budget) -> int:
+    """How many visual tokens a pre-LLM reducer may keep on this sample under `budget`.
+
+    `tokens:N` is taken as is (capped at what the image has); `ratio:R` and `tflops:X` are solved
+    for the sample's real sequence shape with the paper FLOPs convention.
+    """
+    if budget.kind == "tokens":
+        return min(int(budget.value), n_visual)
+    n_other = prepared.input_ids.numel() - n_visual
+
+    def cost(n_keep: int) -> float:
+        return flops.unpruned_prefill_flops(model.card, n_other + n_keep, "paper")
+
+    return solve_knob(range(n_visual + 1), cost, budget.max_flops(cost(n_visual)))
 
 
 @dataclass

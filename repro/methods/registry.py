@@ -1,0 +1,58 @@
+"""The method registry: `repro.method(name, budget=None, **options)`.
+
+A method module registers its class with `@register(...)`, declaring its stage, its native budget
+knob and its reference; the registry is filled when `repro.methods` is imported, like
+lm-evaluation-harness's task registry, and is read-only afterwards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from repro.budget import as_budget
+from repro.errors import ReproError
+from repro.methods.base import Method
+
+STAGES = ("none", "pre-llm", "in-llm", "pre-llm+in-llm")
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    cls: type[Method]
+    stage: str
+    knob: str  # what `tokens:N` means for this method
+    reference: str  # paper and official repository
+
+
+_REGISTRY: dict[str, MethodSpec] = {}
+
+
+def register(name: str, *, stage: str, knob: str, reference: str) -> Callable[[type[Method]], type[Method]]:
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {STAGES}")
+
+    def add(cls: type[Method]) -> type[Method]:
+        if name in _REGISTRY:
+            raise ValueError(f"method {name!r} is registered twice")
+        cls.name = name
+        _REGISTRY[name] = MethodSpec(name, cls, stage, knob, reference)
+        return cls
+
+    return add
+
+
+def specs() -> list[MethodSpec]:
+    return [_REGISTRY[name] for name in sorted(_REGISTRY)]
+
+
+def method(name: str, budget=None, **options) -> Method:
+    """Build a registered method with a budget (`tokens:N`, `ratio:R`, `tflops:X`) and options."""
+    spec = _REGISTRY.get(name)
+    if spec is None:
+        raise ReproError(f"unknown method {name!r}; registered: {', '.join(sorted(_REGISTRY))}")
+    try:
+        return spec.cls(budget=as_budget(budget), **options)
+    except TypeError as err:
+        raise ReproError(f"bad options for method {name!r}: {err}") from None
