@@ -30,6 +30,9 @@ FRACTIONS = (1.0, 0.5, 0.25, 0.10)
 
 @pytest.fixture(scope="module")
 def bench():
+    # One thread: these machines are shared, and an oversubscribed OpenMP pool makes every
+    # timing meaningless; ratios between variants are what these benchmarks report.
+    torch.set_num_threads(1)
     hf, processor = tiny_llava15(image_size=336, text=TEXT)
     model = Model("bench-llava", hf, processor, ADAPTERS["llava"](hf, processor), ArchCard.from_hf_config(hf.config))
     image = Image.fromarray((np.random.RandomState(0).rand(336, 336, 3) * 255).astype("uint8"))
