@@ -169,10 +169,64 @@ def _run_flops(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- methods --------------------------------------------------------------------------------
+
+
+def _configure_methods(parser: argparse.ArgumentParser) -> None:
+    del parser  # no options
+
+
+def _run_methods(args: argparse.Namespace) -> int:
+    from repro.methods import specs
+
+    rows = [(s.name, s.stage, s.knob, s.reference) for s in specs()]
+    print(_format_table(("method", "stage", "tokens:N means", "reference"), rows))
+    return 0
+
+
+# --- generate -------------------------------------------------------------------------------
+
+
+def _configure_generate(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="registry name, tiny name, HF id or local directory")
+    parser.add_argument("--image", required=True, action="append", help="image file (repeat for several)")
+    parser.add_argument("--question", required=True)
+    parser.add_argument("--method", default=None, help="a registered method (python -m repro methods)")
+    parser.add_argument("--budget", default=None, help="tokens:N, ratio:R or tflops:X")
+    parser.add_argument("--max-new-tokens", type=_non_negative_int, default=16)
+    parser.add_argument("--json", action="store_true", help="print the answer and its statistics as JSON")
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    from PIL import Image, UnidentifiedImageError
+
+    import repro
+
+    try:
+        images = [Image.open(path).convert("RGB") for path in args.image]
+    except (OSError, UnidentifiedImageError) as err:
+        raise ReproError(f"cannot read image: {err}") from None
+    method = repro.method(args.method, args.budget) if args.method else None
+    if method is None and args.budget:
+        raise ReproError("--budget needs --method")
+    result = repro.load(args.model).generate(images, args.question, method=method,
+                                             max_new_tokens=args.max_new_tokens)
+    if args.json:
+        print(json.dumps({"text": result.text, "prompt": result.prompt, "stats": result.stats.as_dict()}))
+    else:
+        print(result.text)
+        print(f"# prefill TFLOPs: paper {result.stats.tflops['paper']:.6g}, exact {result.stats.tflops['exact']:.6g}; "
+              f"visual tokens {result.stats.visual_tokens}", file=sys.stderr)
+    return 0
+
+
 COMMANDS: "MappingProxyType[str, Command]" = MappingProxyType(
     {
         "models": Command("list the registered checkpoints and whether weights are cached", _configure_models, _run_models),
         "flops": Command("analytic unpruned prefill FLOPs, or the FLOPs table", _configure_flops, _run_flops),
+        "methods": Command("list the registered methods: stage, budget knob, reference", _configure_methods, _run_methods),
+        "generate": Command("answer a question about images with a model and an optional method",
+                            _configure_generate, _run_generate),
     }
 )
 

@@ -128,3 +128,38 @@ def test_cli_does_not_import_torch(env):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+@pytest.fixture(scope="module")
+def image_file(tmp_path_factory):
+    from conftest import make_image
+
+    path = tmp_path_factory.mktemp("img") / "scene.png"
+    make_image(0).save(path)
+    return str(path)
+
+
+def test_methods_table(env):
+    out = repro(env, "methods")
+    assert out.returncode == 0 and "random" in out.stdout and "pre-llm" in out.stdout
+
+
+def test_generate_with_a_method_reports_realized_stats(env, image_file):
+    out = repro(env, "generate", "--model", "tiny-llava-next", "--image", image_file, "--question", "What?",
+                "--method", "random", "--budget", "tokens:20", "--max-new-tokens", "3", "--json")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["prompt"] == "USER: <image>\nWhat? ASSISTANT:"
+    assert result["stats"]["visual_tokens"] == 20 and result["stats"]["tflops"]["paper"] > 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "llava-9b"], "known names"),
+    (["--model", "EMPTY_DIR"], "missing config.json"),
+    (["--model", "tiny-llava-1.5", "--method", "fastvv"], "unknown method"),
+    (["--model", "tiny-llava-1.5", "--method", "random", "--budget", "ratio:2"], "ratio"),
+])
+def test_generate_bad_input_is_one_clear_line(env, image_file, tmp_path, args, message):
+    args = [str(tmp_path) if a == "EMPTY_DIR" else a for a in args]
+    out = repro(env, "generate", "--image", image_file, "--question", "What?", *args)
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
