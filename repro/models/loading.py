@@ -10,18 +10,32 @@ import torch
 from repro.errors import ReproError
 from repro.models.adapter import Adapter
 from repro.models.cards import ArchCard
+from repro.models.internvl import InternVLAdapter, internvl_image_processor
 from repro.models.llava import Llava15Adapter, LlavaNextAdapter, fixed_grid_pinpoints
 from repro.models.model import Model
+from repro.models.qwen import QwenAdapter, pixel_bounds, qwen_image_processor
 from repro.models.registry import ModelEntry, entries, get_entry
 from repro.models.tiny import TINY_BUILDERS, build_tokenizer
 
 # model_type of the HF config -> adapter class
-ADAPTERS: dict[str, type[Adapter]] = {"llava": Llava15Adapter, "llava_next": LlavaNextAdapter}
+ADAPTERS: dict[str, type[Adapter]] = {
+    "llava": Llava15Adapter,
+    "llava_next": LlavaNextAdapter,
+    "qwen2_5_vl": QwenAdapter,
+    "internvl": InternVLAdapter,
+}
+# Per family: the image-side options `load` accepts (see `_apply_options`).
+OPTIONS = {
+    "llava": (),
+    "llava_next": ("protocol",),
+    "qwen2_5_vl": ("min_pixels", "max_pixels"),
+    "internvl": ("min_tiles", "max_tiles"),
+}
 _LLAVA_NEXT_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
 
 
 def load(name_or_path: str, *, dtype: torch.dtype | str | None = None, device: str | torch.device | None = None,
-         attn_implementation: str = "sdpa", random_weights: bool = False, protocol: str = "native") -> Model:
+         attn_implementation: str = "sdpa", random_weights: bool = False, **options: Any) -> Model:
     """Load a model for the engine.
 
     - a tiny name (`tiny-llava-1.5`, `tiny-llava-next`) builds a tiny random model offline;
@@ -29,8 +43,11 @@ def load(name_or_path: str, *, dtype: torch.dtype | str | None = None, device: s
     - an HF id or a local directory loads through `from_pretrained` (respects HF_HUB_OFFLINE);
     - `random_weights=True` builds a registry model's real architecture with random weights
       (FLOPs and latency only; `device="meta"` builds it without allocating memory).
-    `protocol="fixed"` (LLaVA-NeXT) replaces the anyres grid by one 2×2 grid: the 672×672,
-    2880-token protocol of VisPruner and CDPruner.
+
+    Image-side `options`, per family: LLaVA-NeXT `protocol="fixed"` (one 2×2 grid: the 672×672,
+    2880-token protocol of VisPruner and CDPruner; default "native" anyres); Qwen2.5-VL
+    `min_pixels`/`max_pixels` (the processor's resize bounds, which set the token count);
+    InternVL3 `min_tiles`/`max_tiles` (dynamic tiling bounds, default 1 and 12).
     """
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     if name_or_path in TINY_BUILDERS:
@@ -47,8 +64,7 @@ def load(name_or_path: str, *, dtype: torch.dtype | str | None = None, device: s
     if adapter_cls is None:
         raise ReproError(f"{name}: model_type {hf.config.model_type!r} has no adapter yet "
                          f"(supported: {', '.join(sorted(ADAPTERS))})")
-    if protocol != "native":
-        _apply_protocol(hf, processor, protocol)
+    _apply_options(hf, processor, options)
     if str(device) != "meta":
         hf.set_attn_implementation(attn_implementation)
         hf.to(device=device, dtype=dtype) if (device or dtype) else None
@@ -145,10 +161,27 @@ def _random_weights(entry: ModelEntry, dtype: torch.dtype | None, device: str | 
     return hf, processor
 
 
-def _apply_protocol(hf: Any, processor: Any, protocol: str) -> None:
-    if protocol != "fixed" or hf.config.model_type != "llava_next":
-        raise ReproError(f"protocol {protocol!r} is not defined for {hf.config.model_type}; "
-                         "use protocol='fixed' with LLaVA-NeXT or the default 'native'")
-    pinpoints = fixed_grid_pinpoints(hf)
-    hf.config.image_grid_pinpoints = pinpoints
-    processor.image_processor.image_grid_pinpoints = pinpoints
+def _apply_options(hf: Any, processor: Any, options: dict[str, Any]) -> None:
+    model_type = hf.config.model_type
+    unknown = sorted(set(options) - set(OPTIONS[model_type]))
+    if unknown:
+        raise ReproError(f"unknown option(s) {', '.join(unknown)} for {model_type}; "
+                         f"accepted: {', '.join(OPTIONS[model_type]) or 'none'}")
+    if "protocol" in options:
+        if options["protocol"] not in ("native", "fixed"):
+            raise ReproError(f"protocol must be 'native' or 'fixed', not {options['protocol']!r}")
+        if options["protocol"] == "fixed":
+            pinpoints = fixed_grid_pinpoints(hf)
+            hf.config.image_grid_pinpoints = pinpoints
+            processor.image_processor.image_grid_pinpoints = pinpoints
+    if model_type == "qwen2_5_vl" and options:
+        low, high = pixel_bounds(processor.image_processor)
+        low, high = options.get("min_pixels", low), options.get("max_pixels", high)
+        if not 0 < low <= high:
+            raise ReproError(f"need 0 < min_pixels <= max_pixels, got {low} and {high}")
+        processor.image_processor = qwen_image_processor(min_pixels=low, max_pixels=high)
+    if model_type == "internvl" and options:
+        ip = processor.image_processor
+        processor.image_processor = internvl_image_processor(
+            ip.size["height"], min_tiles=options.get("min_tiles", ip.min_patches),
+            max_tiles=options.get("max_tiles", ip.max_patches))

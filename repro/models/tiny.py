@@ -37,8 +37,41 @@ _CORPUS = [
 ]
 
 
-def build_tokenizer(specials: list[str], *, vocab_size: int = 384) -> PreTrainedTokenizerFast:
-    """A deterministic byte-level BPE tokenizer with the given extra special tokens."""
+# Qwen2.5-VL's ChatML template: a default system turn, each image as
+# <|vision_start|><|image_pad|><|vision_end|> before the text (MODELS.md §5).
+QWEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "{{ '<|im_end|>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+# InternVL3-hf's ChatML template: no default system turn, one image placeholder line per image,
+# then the text (MODELS.md §6; the processor expands <IMG_CONTEXT> into <img> + tokens + </img>).
+INTERNVL_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for content in message['content'] if content['type'] == 'image' %}{{ '<IMG_CONTEXT>\n' }}{% endfor %}"
+    "{% for content in message['content'] if content['type'] == 'text' %}{{ content['text'] }}{% endfor %}"
+    "{% endif %}{{ '<|im_end|>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def build_tokenizer(specials: list[str], *, vocab_size: int = 384,
+                    named: dict[str, str] | None = None) -> PreTrainedTokenizerFast:
+    """A deterministic byte-level BPE tokenizer with the given special tokens.
+
+    `named` maps attribute names to special tokens (e.g. `context_image_token`), which the
+    processors of some families read from the tokenizer.
+    """
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -51,7 +84,7 @@ def build_tokenizer(specials: list[str], *, vocab_size: int = 384) -> PreTrained
     tok.train_from_iterator(_CORPUS * 4, trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-        extra_special_tokens={"image_token": "<image>"} if "<image>" in specials else {},
+        extra_special_tokens=named if named is not None else ({"image_token": "<image>"} if "<image>" in specials else {}),
     )
 
 
@@ -136,7 +169,63 @@ def tiny_llava_next(seed: int = 0, *, image_size: int = 56, pinpoints: list[list
     return _init(LlavaNextForConditionalGeneration, config, seed), processor
 
 
+def tiny_qwen25vl(seed: int = 0, *, min_pixels: int = 4 * 28 * 28, max_pixels: int = 64 * 28 * 28,
+                  text: dict | None = None, vision: dict | None = None):
+    """Tiny Qwen2.5-VL: windowed ViT with two full-attention blocks, 2×2 merger, M-RoPE decoder."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    from repro.models.qwen import ImageOnlyQwen2_5_VLProcessor, qwen_image_processor
+
+    specials = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+    tok = build_tokenizer(specials, named={})
+    tok.chat_template = QWEN_CHAT_TEMPLATE
+    ids = {t: tok.convert_tokens_to_ids(t) for t in specials}
+    text_config = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                       rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+                       pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    vision_config = dict(depth=4, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=64, patch_size=14,
+                         spatial_merge_size=2, window_size=56, fullatt_block_indexes=[1, 3], temporal_patch_size=2)
+    config = Qwen2_5_VLConfig(
+        text_config={**text_config, **(text or {})}, vision_config={**vision_config, **(vision or {})},
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+    processor = ImageOnlyQwen2_5_VLProcessor(
+        image_processor=qwen_image_processor(min_pixels=min_pixels, max_pixels=max_pixels), tokenizer=tok,
+        chat_template=QWEN_CHAT_TEMPLATE)
+    return _init(Qwen2_5_VLForConditionalGeneration, config, seed), processor
+
+
+def tiny_internvl3(seed: int = 0, *, tile: int = 56, max_tiles: int = 6, text: dict | None = None,
+                   vision: dict | None = None):
+    """Tiny InternVL3: tiles of `tile` px + thumbnail, 7-px patches, pixel shuffle 0.5, Qwen2 decoder."""
+    from transformers import InternVLConfig, InternVLForConditionalGeneration
+
+    from repro.models.internvl import ImageOnlyInternVLProcessor, internvl_image_processor
+
+    named = {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",
+             "video_token": "<video>"}
+    tok = build_tokenizer(["<|im_start|>", "<|im_end|>", *named.values()], named=named)
+    tok.chat_template = INTERNVL_CHAT_TEMPLATE
+    patch = tile // 8
+    text_config = dict(model_type="qwen2", vocab_size=len(tok), hidden_size=64, intermediate_size=128,
+                       num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                       pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    vision_config = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                         image_size=[tile, tile], patch_size=[patch, patch])
+    seq_length = (tile // patch // 2) ** 2
+    config = InternVLConfig(text_config={**text_config, **(text or {})}, vision_config={**vision_config, **(vision or {})},
+                            image_token_id=tok.context_image_token_id, image_seq_length=seq_length,
+                            downsample_ratio=0.5)
+    processor = ImageOnlyInternVLProcessor(
+        image_processor=internvl_image_processor(tile, max_tiles=max_tiles), tokenizer=tok,
+        image_seq_length=seq_length, chat_template=INTERNVL_CHAT_TEMPLATE)
+    return _init(InternVLForConditionalGeneration, config, seed), processor
+
+
 TINY_BUILDERS = {
     "tiny-llava-1.5": tiny_llava15,
     "tiny-llava-next": tiny_llava_next,
+    "tiny-qwen2.5-vl": tiny_qwen25vl,
+    "tiny-internvl3": tiny_internvl3,
 }
