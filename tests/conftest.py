@@ -16,7 +16,8 @@ from PIL import Image  # noqa: E402
 
 import repro  # noqa: E402
 
-TINY = ["tiny-llava-1.5", "tiny-llava-next"]
+TINY = ["tiny-llava-1.5", "tiny-llava-next", "tiny-qwen2.5-vl", "tiny-internvl3"]
+MROPE = {"tiny-qwen2.5-vl"}
 
 
 def make_image(seed: int = 0, size: tuple[int, int] = (120, 90)) -> Image.Image:

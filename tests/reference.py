@@ -39,9 +39,10 @@ def masked_logits(model, seq: Sequence, schedule: Schedule, generated: list[int]
         if schedule.renumber:
             n_kv = int(kv[:n].sum())
             pos = torch.cat([torch.cumsum(kv[:n].long(), 0) - 1, n_kv + torch.arange(steps)])
-        else:
-            pos = torch.cat([seq.positions, start + torch.arange(steps)])
-        cos_sin = lm.rotary_emb(h[None], pos[None])
+        else:  # decoding continues from the largest original position, on every M-RoPE row alike
+            new = (start + torch.arange(steps)).expand(*seq.positions.shape[:-1], steps)
+            pos = torch.cat([seq.positions, new], dim=-1)
+        cos_sin = lm.rotary_emb(h[None], pos[None] if pos.dim() == 1 else pos[:, None])
         allowed = kv[None, :] & (torch.arange(total)[None, :] <= torch.arange(total)[:, None])
         allowed |= torch.eye(total, dtype=torch.bool)  # rows of non-attending tokens are discarded
         mask = torch.zeros(total, total).masked_fill(~allowed, torch.finfo(torch.float32).min)[None, None]

@@ -8,17 +8,19 @@ import torch
 import repro
 from repro.models.adapter import LAYOUT, PATCH
 
-from conftest import TINY, make_image
+from conftest import make_image
+
+LLAVA = ["tiny-llava-1.5", "tiny-llava-next"]
 
 
-@pytest.mark.parametrize("name", TINY)
+@pytest.mark.parametrize("name", LLAVA)
 def test_prompt_is_the_llava_hf_chat_format(tiny_models, name):
     model = tiny_models[name]["sdpa"]
     result = model.generate(make_image(0), "What is shown?", max_new_tokens=1)
     assert result.prompt == "USER: <image>\nWhat is shown? ASSISTANT:"
 
 
-@pytest.mark.parametrize("name", TINY)
+@pytest.mark.parametrize("name", LLAVA)
 def test_projector_of_pre_projector_features_gives_the_tokens(tiny_models, name):
     model = tiny_models[name]["sdpa"]
     prepared = model.prepare(make_image(1, (130, 60)), "Where?")
@@ -31,7 +33,7 @@ def test_projector_of_pre_projector_features_gives_the_tokens(tiny_models, name)
     assert len(visual) == int((prepared.input_ids == model.hf.config.image_token_id).sum())
 
 
-@pytest.mark.parametrize("name", TINY)
+@pytest.mark.parametrize("name", LLAVA)
 def test_cls_attention_equals_the_vision_towers_own_weights(tiny_models, name):
     model = tiny_models[name]["eager"]
     prepared = model.prepare(make_image(2, (70, 140)), "Where?")

@@ -10,10 +10,10 @@ import pytest
 import torch
 from reference import masked_logits
 
-from repro.engine import Schedule, random_schedule
+from repro.engine import Schedule, random_schedule, visual_schedule
 from repro.methods import ScheduleMethod
 
-from conftest import TINY, make_image
+from conftest import MROPE, TINY, make_image
 
 QUESTION = "What is in the image? Answer with one word."
 
@@ -35,9 +35,12 @@ def test_full_schedule_equals_hf_forward_and_generate(tiny_models, name, backend
     assert result.tokens == [t for t in hf_ids.tolist() if t not in model.eos_ids()][: len(result.tokens)]
 
 
-@pytest.mark.parametrize("name", TINY)
+CASES = [(name, variant) for name in TINY for variant in ("drop", "kv_only", "renumber")
+         if not (variant == "renumber" and name in MROPE)]  # renumbering is 1-D RoPE only (see below)
+
+
+@pytest.mark.parametrize("name, variant", CASES)
 @pytest.mark.parametrize("seed", range(4))
-@pytest.mark.parametrize("variant", ["drop", "kv_only", "renumber"])
 def test_random_schedule_equals_masking_reference(tiny_models, name, seed, variant):
     model = tiny_models[name]["sdpa"]
     prepared = model.prepare(make_image(seed), QUESTION)
@@ -97,3 +100,38 @@ def test_skipping_dead_operations_changes_nothing_but_cost(tiny_models, name):
     assert skipped.stats.tflops["exact"] < kept.stats.tflops["exact"]
     # In the last layer only the last token's query and MLP can reach the output.
     assert (skipped.stats.layers[-1].queries, skipped.stats.layers[-1].mlp) == (1, 1)
+
+
+@pytest.mark.parametrize("name", sorted(MROPE))
+def test_renumbering_m_rope_positions_is_refused(tiny_models, name):
+    model = tiny_models[name]["sdpa"]
+    prepared = model.prepare(make_image(0), QUESTION)
+    seq = model.assemble(prepared, model.encode(prepared))
+    schedule = random_schedule(seq.n_tokens, seq.visual, model.card.layers, torch.Generator(), renumber=True)
+    with pytest.raises(ValueError, match="1-D positions only"):
+        model.engine.prefill(seq, schedule)
+
+
+@pytest.mark.parametrize("name", TINY)
+@pytest.mark.parametrize("seed", range(2))
+def test_pre_llm_reduction_equals_masking_the_dropped_tokens(tiny_models, name, seed):
+    """A shortened sequence (original positions) == the full sequence with dropped tokens masked in
+    every layer, for the prefill and 3 decode steps: decode positions must continue after the
+    *original* length (the rope-delta trap of M-RoPE models)."""
+    model = tiny_models[name]["sdpa"]
+    prepared = model.prepare(make_image(seed, (140, 100)), QUESTION)
+    visual = model.encode(prepared)
+    keep = torch.sort(torch.randperm(len(visual), generator=torch.Generator().manual_seed(seed))[: len(visual) // 3]).values
+    short = model.assemble(prepared, visual.select(keep))
+    out = model.engine.prefill(short)
+    tokens, logits = [int(out.logits.argmax())], [out.logits]
+    for step in range(3):
+        logits.append(model.engine.decode_step(tokens[-1], out.cache, step))
+        tokens.append(int(logits[-1].argmax()))
+    full = model.assemble(prepared, visual)
+    kept = full.visual[keep]
+    layers = model.card.layers
+    masked = visual_schedule(full.n_tokens, full.visual, [kept] * layers, [kept] * layers)
+    ref = masked_logits(model, full, masked, tokens[:3])
+    for step, got in enumerate(logits):
+        assert (got.log_softmax(-1) - ref[step].log_softmax(-1)).abs().max() < 1e-5, f"step {step}"

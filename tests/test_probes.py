@@ -47,8 +47,7 @@ def test_attention_rows_equal_eager_attention_weights(tiny_models, name):
         assert (seen["hidden"] - out.hidden_states[layer][0]).abs().max() < 1e-5
         block = eager.hf.get_decoder().layers[layer]
         assert (seen["normed"] - block.input_layernorm(out.hidden_states[layer][0])).abs().max() < 1e-5
-        assert seen["keys"].shape == (sdpa.hf.config.text_config.num_key_value_heads, seq.n_tokens,
-                                      sdpa.hf.config.text_config.head_dim)
+        assert seen["keys"].shape == (sdpa.card.kv_heads, seq.n_tokens, sdpa.card.head_dim)
         rows_sum = seen["rows"].sum(-1)
         assert torch.allclose(rows_sum, torch.ones_like(rows_sum), atol=1e-5)
 

@@ -15,6 +15,7 @@ from repro.models.llava import Llava15Adapter, LlavaNextAdapter, fixed_grid_pinp
 from repro.models.model import Model
 from repro.models.qwen import QwenAdapter, pixel_bounds, qwen_image_processor
 from repro.models.registry import ModelEntry, entries, get_entry
+from repro.models.shipped import SHIPPED, load_shipped
 from repro.models.tiny import TINY_BUILDERS, build_tokenizer
 
 # model_type of the HF config -> adapter class
@@ -53,6 +54,9 @@ def load(name_or_path: str, *, dtype: torch.dtype | str | None = None, device: s
     if name_or_path in TINY_BUILDERS:
         hf, processor = TINY_BUILDERS[name_or_path]()
         name = name_or_path
+    elif name_or_path in SHIPPED and not random_weights:  # trained checkpoints in the package
+        hf, processor = load_shipped(name_or_path, dtype, attn_implementation)
+        name = name_or_path
     elif random_weights:
         entry = _entry_or_error(name_or_path)
         hf, processor = _random_weights(entry, dtype, device)
@@ -90,7 +94,7 @@ def _resolve(name_or_path: str) -> tuple[str, str]:
         return path.name, str(path)
     if "/" not in name_or_path:
         raise ReproError(f"unknown model {name_or_path!r}; known names: "
-                         f"{', '.join(sorted([*known, *TINY_BUILDERS]))}, or an HF id / local directory")
+                         f"{', '.join(sorted([*known, *TINY_BUILDERS, *SHIPPED]))}, or an HF id / local directory")
     return name_or_path, name_or_path
 
 

@@ -42,8 +42,8 @@ def qwen_visual_tokens(width: int, height: int, *, min_pixels: int, max_pixels: 
     try:
         h, w = smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
     except ValueError as err:
-        raise ReproError(f"image {width}x{height} is outside Qwen2.5-VL's limits ({err}); resize it so both "
-                         f"sides are at least {factor} px and the aspect ratio is below 200") from None
+        raise ReproError(f"image {width}x{height} is outside Qwen2.5-VL's limits ({err}); crop or pad it to an "
+                         "aspect ratio below 200 (any size is then resized into [min_pixels, max_pixels])") from None
     return (h // factor) * (w // factor)
 
 
@@ -61,7 +61,7 @@ class QwenSignals(VisionSignals):
         super().__init__(meta)
         self._visual = hf.model.visual
         self._grid = grid_thw
-        self._hidden = hidden_states  # [0]: patch embeddings; [b + 1]: output of block b (window order)
+        self._hidden = hidden_states  # [b]: input of block b, in the tower's window order
         merge = self._visual.spatial_merge_size
         self._window_index, _ = get_vision_window_index(grid_thw, merge, self._visual.window_size,
                                                         self._visual.patch_size)
@@ -74,9 +74,7 @@ class QwenSignals(VisionSignals):
         return per_token  # computed per token already
 
     def _block_input(self, layer: int) -> Tensor:
-        if layer == 0:
-            return self._to_window_order(self._hidden[0])
-        return self._hidden[layer]
+        return self._hidden[layer]  # captured in window order, like every block input
 
     def _to_window_order(self, x: Tensor) -> Tensor:
         return self._visual.permute_input_for_window_attn(x, self._window_index, x.shape[0])
