@@ -90,6 +90,11 @@ def _configure_flops(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_TEXT_TOKENS,
         help=f"default {DEFAULT_TEXT_TOKENS}: 35-token vicuna_v1 prefix + 64 question/suffix tokens (MODELS.md 8)",
     )
+    parser.add_argument("--image-size", default=None, metavar="WxH",
+                        help="derive the visual tokens from an image size (qwen2.5-vl, internvl3, llava-1.5)")
+    parser.add_argument("--min-pixels", type=int, default=None, help="Qwen2.5-VL resize bound (default: lmms-eval's)")
+    parser.add_argument("--max-pixels", type=int, default=None, help="Qwen2.5-VL resize bound (default: lmms-eval's)")
+    parser.add_argument("--max-tiles", type=int, default=12, help="InternVL3 dynamic tiling bound (default 12)")
     parser.add_argument("--convention", choices=CONVENTIONS, default="paper", help="FLOPs convention (default paper)")
     parser.add_argument(
         "--budget",
@@ -134,9 +139,16 @@ def _run_flops(args: argparse.Namespace) -> int:
         for path in write_flops_table(args.out, models, args.text_tokens):
             print(f"wrote {path}")
         return 0
+    if args.image_size and args.visual_tokens is not None:
+        raise ReproError("give either --visual-tokens or --image-size, not both")
     records = []
     for entry in models:
         n_vis = entry.card.visual_tokens if args.visual_tokens is None else args.visual_tokens
+        if args.image_size:
+            from repro.models.geometry import parse_image_size, visual_tokens_for_image
+
+            n_vis = visual_tokens_for_image(entry, *parse_image_size(args.image_size), min_pixels=args.min_pixels,
+                                            max_pixels=args.max_pixels, max_tiles=args.max_tiles)
         flops = unpruned_prefill_flops(entry.card, n_vis + args.text_tokens, args.convention)
         records.append(
             {

@@ -163,3 +163,26 @@ def test_generate_bad_input_is_one_clear_line(env, image_file, tmp_path, args, m
     args = [str(tmp_path) if a == "EMPTY_DIR" else a for a in args]
     out = repro(env, "generate", "--image", image_file, "--question", "What?", *args)
     assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("model, size, tokens", [
+    ("qwen2.5-vl-7b", "640x480", 391), ("qwen2.5-vl-7b", "1000x1000", 1296),
+    ("internvl3-8b", "640x480", 3328), ("internvl3-8b", "1000x1000", 2560), ("internvl3-8b", "1024x512", 768),
+    ("internvl3-8b", "336x336", 256), ("llava-1.5-7b", "640x480", 576),
+])
+def test_flops_visual_tokens_from_image_size(env, model, size, tokens):
+    """Token counts of MODELS.md §5-§7 from the processors' own resize and tiling rules."""
+    out = repro(env, "flops", "--model", model, "--image-size", size, "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["visual_tokens"] == tokens
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "qwen2.5-vl-7b", "--image-size", "10x3000"], "aspect ratio"),
+    (["--model", "internvl3-8b", "--image-size", "640x480", "--max-tiles", "0"], "max_tiles"),
+    (["--model", "internvl3-8b", "--image-size", "640by480"], "WIDTHxHEIGHT"),
+    (["--model", "qwen2.5-vl-7b", "--image-size", "640x480", "--visual-tokens", "9"], "not both"),
+])
+def test_flops_image_size_bad_input(env, args, message):
+    out = repro(env, "flops", *args)
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
