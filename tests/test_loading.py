@@ -52,7 +52,8 @@ def test_hub_id_that_is_not_cached_fails_clearly_offline():
 
 
 @pytest.mark.parametrize("name, params", [("llava-1.5-7b", 7.06e9), ("llava-1.5-13b", 13.35e9),
-                                          ("llava-next-7b", 7.06e9), ("llava-next-13b", 13.35e9)])
+                                          ("llava-next-7b", 7.06e9), ("llava-next-13b", 13.35e9),
+                                          ("qwen2.5-vl-7b", 8.29e9), ("internvl3-8b", 7.94e9)])
 def test_random_weights_build_the_real_architecture(name, params):
     model = repro.load(name, random_weights=True, device="meta")
     n = sum(p.numel() for p in model.hf.parameters())

@@ -16,7 +16,8 @@ from repro.models.model import Model
 from repro.models.qwen import QwenAdapter, pixel_bounds, qwen_image_processor
 from repro.models.registry import ModelEntry, entries, get_entry
 from repro.models.shipped import SHIPPED, load_shipped
-from repro.models.tiny import TINY_BUILDERS, build_tokenizer
+from repro.models.geometry import QWEN_LMMS_EVAL_PIXELS
+from repro.models.tiny import TINY_BUILDERS, tiny_internvl3, tiny_llava15, tiny_llava_next, tiny_qwen25vl
 
 # model_type of the HF config -> adapter class
 ADAPTERS: dict[str, type[Adapter]] = {
@@ -124,45 +125,34 @@ def _from_pretrained(source: str, dtype: torch.dtype | None, attn_implementation
 def _random_weights(entry: ModelEntry, dtype: torch.dtype | None, device: str | torch.device | None) -> tuple[Any, Any]:
     """The real architecture of a registry model with random weights, and a stand-in processor.
 
-    The stand-in processor has the real image geometry but the tiny offline tokenizer (the real
-    vocabulary is not downloadable here): prompts are shorter than the real ones by a few tokens.
+    Built by the family's tiny builder at the card's dimensions. The processor has the real image
+    geometry but the tiny offline tokenizer (the real vocabulary cannot be downloaded here), so
+    prompts are a few tokens shorter than the real ones; the embedding table has the real size.
     """
-    from transformers import (CLIPImageProcessorPil, CLIPVisionConfig, LlamaConfig, LlavaConfig,
-                              LlavaForConditionalGeneration, LlavaNextConfig, LlavaNextForConditionalGeneration,
-                              LlavaNextImageProcessorPil, LlavaNextProcessor, LlavaProcessor)
-
-    if entry.family not in ("llava-1.5", "llava-next"):
-        raise ReproError(f"random weights for family {entry.family} are not available yet")
-    card = entry.card
-    tok = build_tokenizer(["<image>"])
-    from repro.models.tiny import LLAVA_CHAT_TEMPLATE
-
-    tok.chat_template = LLAVA_CHAT_TEMPLATE
-    v = card.vision
-    vision = CLIPVisionConfig(hidden_size=v.hidden, intermediate_size=v.mlp, num_hidden_layers=v.layers,
-                              num_attention_heads=v.heads, image_size=v.image_size, patch_size=v.patch_size,
-                              hidden_act="quick_gelu")
-    text = LlamaConfig(vocab_size=card.vocab, hidden_size=card.hidden, intermediate_size=card.mlp,
-                       num_hidden_layers=card.layers, num_attention_heads=card.heads,
-                       num_key_value_heads=card.kv_heads, head_dim=card.head_dim, rms_norm_eps=1e-5,
-                       max_position_embeddings=4096, pad_token_id=tok.pad_token_id)
-    common = dict(vision_config=vision, text_config=text, image_token_index=tok.convert_tokens_to_ids("<image>"),
-                  image_seq_length=v.patches, vision_feature_layer=-2, vision_feature_select_strategy="default",
-                  projector_hidden_act="gelu")
-    size = dict(size={"shortest_edge": v.image_size}, crop_size={"height": v.image_size, "width": v.image_size})
-    proc_args = dict(tokenizer=tok, patch_size=v.patch_size, vision_feature_select_strategy="default",
-                     num_additional_image_tokens=1, chat_template=LLAVA_CHAT_TEMPLATE)
-    if entry.family == "llava-1.5":
-        config, cls = LlavaConfig(**common), LlavaForConditionalGeneration
-        processor = LlavaProcessor(image_processor=CLIPImageProcessorPil(**size), **proc_args)
-    else:
-        config = LlavaNextConfig(**common, image_grid_pinpoints=_LLAVA_NEXT_PINPOINTS)
-        cls = LlavaNextForConditionalGeneration
-        processor = LlavaNextProcessor(
-            image_processor=LlavaNextImageProcessorPil(**size, image_grid_pinpoints=_LLAVA_NEXT_PINPOINTS), **proc_args)
-    with torch.device(device or "cpu"):
-        hf = cls._from_config(config, dtype=dtype or torch.float32)
-    return hf, processor
+    card, v = entry.card, entry.card.vision
+    text = dict(vocab_size=card.vocab, hidden_size=card.hidden, intermediate_size=card.mlp,
+                num_hidden_layers=card.layers, num_attention_heads=card.heads, num_key_value_heads=card.kv_heads)
+    common = dict(device=device, dtype=dtype)
+    if entry.family in ("llava-1.5", "llava-next"):
+        text.update(head_dim=card.head_dim, rms_norm_eps=1e-5, max_position_embeddings=4096)
+        vision = dict(hidden_size=v.hidden, intermediate_size=v.mlp, num_hidden_layers=v.layers,
+                      num_attention_heads=v.heads, hidden_act="quick_gelu")
+        if entry.family == "llava-1.5":
+            return tiny_llava15(image_size=v.image_size, text=text, vision=vision, **common)
+        return tiny_llava_next(image_size=v.image_size, pinpoints=_LLAVA_NEXT_PINPOINTS, text=text, vision=vision,
+                               **common)
+    text.update(rms_norm_eps=1e-6, max_position_embeddings=32768)
+    if entry.family == "qwen2.5-vl":
+        low, high = QWEN_LMMS_EVAL_PIXELS
+        text["rope_parameters"] = {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]}
+        vision = dict(depth=v.layers, hidden_size=v.hidden, intermediate_size=v.mlp, num_heads=v.heads,
+                      out_hidden_size=card.hidden, window_size=v.window * v.patch_size,
+                      fullatt_block_indexes=list(v.full_attention_blocks))
+        return tiny_qwen25vl(min_pixels=low, max_pixels=high, text=text, vision=vision, **common)
+    text.update(rope_parameters={"rope_type": "default", "rope_theta": 1e6}, tie_word_embeddings=False)
+    vision = dict(hidden_size=v.hidden, intermediate_size=v.mlp, num_hidden_layers=v.layers,
+                  num_attention_heads=v.heads, attention_bias=True)
+    return tiny_internvl3(tile=v.image_size, patch=v.patch_size, max_tiles=12, text=text, vision=vision, **common)
 
 
 def _apply_options(hf: Any, processor: Any, options: dict[str, Any]) -> None:

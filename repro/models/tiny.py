@@ -105,10 +105,11 @@ def _vision_config(image_size: int, **overrides: Any):
     return CLIPVisionConfig(**{**base, **overrides})
 
 
-def _init(cls, config, seed: int):
-    with torch.random.fork_rng(devices=[]):
+def _init(cls, config, seed: int, device: str | torch.device | None = None, dtype: torch.dtype | None = None):
+    """Random weights from a private RNG state; `device="meta"` allocates nothing."""
+    with torch.random.fork_rng(devices=[]), torch.device(device or "cpu"):
         torch.manual_seed(seed)
-        model = cls(config)
+        model = cls._from_config(config, dtype=dtype or torch.float32)
     return model.eval()
 
 
@@ -118,7 +119,8 @@ def _tokenizer_with_bos(tok: PreTrainedTokenizerFast) -> PreTrainedTokenizerFast
 
 
 def tiny_llava15(seed: int = 0, *, image_size: int = 112, text: dict | None = None,
-                 vision: dict | None = None):
+                 vision: dict | None = None,
+        device: str | torch.device | None = None, dtype: torch.dtype | None = None):
     """Tiny LLaVA-1.5: CLIP tower (image_size/14)² patches + CLS, Llama decoder with GQA."""
     from transformers import CLIPImageProcessorPil, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
@@ -138,11 +140,12 @@ def tiny_llava15(seed: int = 0, *, image_size: int = 112, text: dict | None = No
     processor = LlavaProcessor(image_processor=image_processor, tokenizer=tok, patch_size=14,
                                vision_feature_select_strategy="default", num_additional_image_tokens=1,
                                chat_template=LLAVA_CHAT_TEMPLATE)
-    return _init(LlavaForConditionalGeneration, config, seed), processor
+    return _init(LlavaForConditionalGeneration, config, seed, device, dtype), processor
 
 
 def tiny_llava_next(seed: int = 0, *, image_size: int = 56, pinpoints: list[list[int]] | None = None,
-                    text: dict | None = None, vision: dict | None = None):
+                    text: dict | None = None, vision: dict | None = None,
+        device: str | torch.device | None = None, dtype: torch.dtype | None = None):
     """Tiny LLaVA-NeXT: anyres tiles of image_size px, unpadding and a newline token per row."""
     from transformers import (LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextImageProcessorPil,
                               LlavaNextProcessor)
@@ -166,11 +169,12 @@ def tiny_llava_next(seed: int = 0, *, image_size: int = 56, pinpoints: list[list
     processor = LlavaNextProcessor(image_processor=image_processor, tokenizer=tok, patch_size=14,
                                    vision_feature_select_strategy="default", num_additional_image_tokens=1,
                                    chat_template=LLAVA_CHAT_TEMPLATE)
-    return _init(LlavaNextForConditionalGeneration, config, seed), processor
+    return _init(LlavaNextForConditionalGeneration, config, seed, device, dtype), processor
 
 
 def tiny_qwen25vl(seed: int = 0, *, min_pixels: int = 4 * 28 * 28, max_pixels: int = 64 * 28 * 28,
-                  text: dict | None = None, vision: dict | None = None):
+                  text: dict | None = None, vision: dict | None = None,
+        device: str | torch.device | None = None, dtype: torch.dtype | None = None):
     """Tiny Qwen2.5-VL: windowed ViT with two full-attention blocks, 2×2 merger, M-RoPE decoder."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
@@ -193,11 +197,12 @@ def tiny_qwen25vl(seed: int = 0, *, min_pixels: int = 4 * 28 * 28, max_pixels: i
     processor = ImageOnlyQwen2_5_VLProcessor(
         image_processor=qwen_image_processor(min_pixels=min_pixels, max_pixels=max_pixels), tokenizer=tok,
         chat_template=QWEN_CHAT_TEMPLATE)
-    return _init(Qwen2_5_VLForConditionalGeneration, config, seed), processor
+    return _init(Qwen2_5_VLForConditionalGeneration, config, seed, device, dtype), processor
 
 
-def tiny_internvl3(seed: int = 0, *, tile: int = 56, max_tiles: int = 6, text: dict | None = None,
-                   vision: dict | None = None):
+def tiny_internvl3(seed: int = 0, *, tile: int = 56, patch: int | None = None, max_tiles: int = 6, text: dict | None = None,
+                   vision: dict | None = None,
+        device: str | torch.device | None = None, dtype: torch.dtype | None = None):
     """Tiny InternVL3: tiles of `tile` px + thumbnail, 7-px patches, pixel shuffle 0.5, Qwen2 decoder."""
     from transformers import InternVLConfig, InternVLForConditionalGeneration
 
@@ -207,20 +212,21 @@ def tiny_internvl3(seed: int = 0, *, tile: int = 56, max_tiles: int = 6, text: d
              "video_token": "<video>"}
     tok = build_tokenizer(["<|im_start|>", "<|im_end|>", *named.values()], named=named)
     tok.chat_template = INTERNVL_CHAT_TEMPLATE
-    patch = tile // 8
+    patch = patch or tile // 8
     text_config = dict(model_type="qwen2", vocab_size=len(tok), hidden_size=64, intermediate_size=128,
                        num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
                        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
     vision_config = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
                          image_size=[tile, tile], patch_size=[patch, patch])
     seq_length = (tile // patch // 2) ** 2
-    config = InternVLConfig(text_config={**text_config, **(text or {})}, vision_config={**vision_config, **(vision or {})},
+    text_config = {**text_config, **(text or {})}
+    config = InternVLConfig(text_config=text_config, vision_config={**vision_config, **(vision or {})},
                             image_token_id=tok.context_image_token_id, image_seq_length=seq_length,
-                            downsample_ratio=0.5)
+                            downsample_ratio=0.5, tie_word_embeddings=text_config.get("tie_word_embeddings", True))
     processor = ImageOnlyInternVLProcessor(
         image_processor=internvl_image_processor(tile, max_tiles=max_tiles), tokenizer=tok,
         image_seq_length=seq_length, chat_template=INTERNVL_CHAT_TEMPLATE)
-    return _init(InternVLForConditionalGeneration, config, seed), processor
+    return _init(InternVLForConditionalGeneration, config, seed, device, dtype), processor
 
 
 TINY_BUILDERS = {
