@@ -93,7 +93,12 @@ class VisionSignals:
 
     def cls_attention(self, layer: int | None = None, reduce: str = "mean") -> Tensor:
         """Attention the [CLS] query pays each visual token at a vision layer: (n,), or (n, heads) for "none"."""
-        return self._to_tokens(self._cached(("cls", layer, reduce), lambda: self.crop_cls_attention(layer, reduce)))
+        if reduce not in ("mean", "max", "none"):
+            raise ValueError(f"reduce must be 'mean', 'max' or 'none', not {reduce!r}")
+        per_head = self._to_tokens(self._cached(("cls", layer), lambda: self.crop_cls_attention(layer)))
+        if reduce == "none":
+            return per_head
+        return per_head.mean(-1) if reduce == "mean" else per_head.amax(-1)
 
     def keys(self, layer: int | None = None) -> Tensor:
         """Vision keys of each visual token at a vision layer, (n, d_vision)."""
@@ -104,7 +109,8 @@ class VisionSignals:
         return self._to_tokens(self._cached(("pre",), self.crop_pre_projector))
 
     # Per-crop computations, (n_crops, n_patches[, ...]); implemented per family.
-    def crop_cls_attention(self, layer: int | None, reduce: str) -> Tensor:
+    def crop_cls_attention(self, layer: int | None) -> Tensor:
+        """(n_crops, n_patches, heads)."""
         raise NotImplementedError(f"{type(self).__name__} has no [CLS] attention signal")
 
     def crop_keys(self, layer: int | None) -> Tensor:

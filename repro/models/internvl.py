@@ -68,20 +68,13 @@ class InternViTSignals(VisionSignals):
         q, k = attn.q_norm(attn.q_proj(x[:, :1])), attn.k_norm(attn.k_proj(x))
         return q, k, attn.num_heads
 
-    def crop_cls_attention(self, layer: int | None, reduce: str) -> Tensor:
+    def crop_cls_attention(self, layer: int | None) -> Tensor:
         q, k, heads = self._qk(layer)
         n, length, dim = k.shape
         q = q.view(n, 1, heads, -1).transpose(1, 2).float()
         k = k.view(n, length, heads, -1).transpose(1, 2).float()
         probs = ((q @ k.transpose(-1, -2)) * (dim // heads) ** -0.5).softmax(-1)[:, :, 0, 1:]  # (n, heads, P)
-        per_token = probs[:, :, self._groups].sum(-1).transpose(1, 2)  # (n, tokens, heads)
-        if reduce == "mean":
-            return per_token.mean(-1)
-        if reduce == "max":
-            return per_token.amax(-1)
-        if reduce == "none":
-            return per_token
-        raise ValueError(f"reduce must be 'mean', 'max' or 'none', not {reduce!r}")
+        return probs[:, :, self._groups].sum(-1).transpose(1, 2)  # (n, tokens, heads)
 
     def crop_keys(self, layer: int | None) -> Tensor:
         _, k, _ = self._qk(layer)

@@ -34,19 +34,13 @@ class ClipSignals(VisionSignals):
         block = self._encoder.layers[layer]
         return block.layer_norm1(self._hidden[layer]), block.self_attn
 
-    def crop_cls_attention(self, layer: int | None, reduce: str) -> Tensor:
+    def crop_cls_attention(self, layer: int | None) -> Tensor:
         x, attn = self._normed(layer)
         n, length, _ = x.shape
         q = attn.q_proj(x[:, :1]).view(n, 1, attn.num_heads, attn.head_dim).transpose(1, 2)
         k = attn.k_proj(x).view(n, length, attn.num_heads, attn.head_dim).transpose(1, 2)
         probs = ((q.float() @ k.float().transpose(-1, -2)) * attn.scale).softmax(-1)[:, :, 0, 1:]
-        if reduce == "mean":
-            return probs.mean(1)
-        if reduce == "max":
-            return probs.amax(1)
-        if reduce == "none":
-            return probs.transpose(1, 2)
-        raise ValueError(f"reduce must be 'mean', 'max' or 'none', not {reduce!r}")
+        return probs.transpose(1, 2)
 
     def crop_keys(self, layer: int | None) -> Tensor:
         x, attn = self._normed(layer)

@@ -93,7 +93,7 @@ class QwenSignals(VisionSignals):
         cos, sin = (self._to_window_order(t) for t in self._visual.rotary_pos_emb(x, positions))
         return apply_rotary_pos_emb_vision(q, k, cos, sin)
 
-    def crop_cls_attention(self, layer: int | None, reduce: str) -> Tensor:
+    def crop_cls_attention(self, layer: int | None) -> Tensor:
         layer = self.default_layer() if layer is None else layer
         if layer not in self._visual.fullatt_block_indexes:
             raise ValueError(f"block {layer} uses window attention; choose one of the full-attention blocks "
@@ -108,14 +108,7 @@ class QwenSignals(VisionSignals):
             for chunk in torch.split(torch.arange(qi.shape[1]), 1024):  # O(heads × 1024 × n) memory
                 total += ((qi[:, chunk] @ ki.transpose(1, 2)) * scale).softmax(-1).sum(1)
             received.append((total / qi.shape[1]).T)  # (n_patches, heads)
-        per_token = self._per_token(torch.cat(received)).sum(1)  # (n_tokens, heads)
-        if reduce == "mean":
-            return per_token.mean(-1)
-        if reduce == "max":
-            return per_token.amax(-1)
-        if reduce == "none":
-            return per_token
-        raise ValueError(f"reduce must be 'mean', 'max' or 'none', not {reduce!r}")
+        return self._per_token(torch.cat(received)).sum(1)  # (n_tokens, heads)
 
     def crop_keys(self, layer: int | None) -> Tensor:
         layer = self.default_layer() if layer is None else layer
