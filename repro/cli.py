@@ -193,6 +193,12 @@ def _run_methods(args: argparse.Namespace) -> int:
 
     rows = [(s.name, s.stage, s.knob, s.reference) for s in specs()]
     print(_format_table(("method", "stage", "tokens:N means", "reference"), rows))
+    print("\nfaithful defaults (the official code's settings) and harness variants:")
+    for spec in specs():
+        defaults = ", ".join(f"{k}={v!r}" for k, v in spec.faithful_options().items())
+        print(f"  {spec.name}: {defaults or '-'}")
+        for option, doc in spec.variants.items():
+            print(f"    variant {option}: {doc}")
     return 0
 
 

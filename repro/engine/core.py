@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from repro.engine.decoder import Decoder, causal_mask
-from repro.engine.probes import Probe
+from repro.engine.probes import Probe, ProbeCost
 from repro.engine.schedule import LayerOps, Planner, Schedule
 
 _CAUSAL_BACKENDS = ("sdpa", "flash_attention_2", "flash_attention_3")
@@ -73,6 +73,7 @@ class PrefillOutput:
     logits: Tensor  # (vocab,) float32 next-token logits at the end of prefill
     cache: KVCache
     records: list[LayerRecord]
+    probe_flops: int = 0  # scoring overhead of in-LLM decisions (not part of the prefill budget)
 
 
 class Engine:
@@ -98,8 +99,9 @@ class Engine:
         active = torch.arange(n, device=device)
         cache = KVCache(mrope=seq.positions.dim() == 2)
         records: list[LayerRecord] = []
+        cost = ProbeCost()
         for layer_idx in range(dec.n_layers):
-            probe = Probe(dec, layer_idx, h, self._positions(seq, active, renumber), active, seq.visual)
+            probe = Probe(dec, layer_idx, h, self._positions(seq, active, renumber), active, seq.visual, cost)
             ops = _on_device(planner.layer_ops(layer_idx, probe), device)
             ops.validate(n, required, layer_idx)
             kv = ops.kv_set(n).to(device) if _pruned(ops) else None
@@ -112,7 +114,7 @@ class Engine:
             records.append(_record(ops, n, seq.visual, kv))
             active = kv_all
         logits = dec.logits(h[-1:])[0]
-        return PrefillOutput(logits, cache, records)
+        return PrefillOutput(logits, cache, records, cost.flops)
 
     def _attention(self, layer_idx: int, h: Tensor, ops: LayerOps, kv: Tensor | None, seq: Sequence,
                    full_rope: tuple[Tensor, Tensor], renumber: bool) -> tuple[Tensor, Tensor]:

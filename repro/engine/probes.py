@@ -7,12 +7,19 @@ Nothing depends on the attention backend returning weights, so probes work under
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from repro.engine.decoder import Decoder, causal_mask
+
+
+@dataclass
+class ProbeCost:
+    """Multiply-adds spent on scoring (×2 = FLOPs), reported apart from the prefill budget."""
+
+    flops: int = 0
 
 
 @dataclass
@@ -23,6 +30,7 @@ class Probe:
     positions: Tensor  # (N,) or (3, N) positions used by RoPE at this layer
     active: Tensor  # sorted indices of the tokens that provided keys/values at the previous layer
     visual: Tensor  # sorted sequence indices of the visual tokens
+    cost: ProbeCost = field(default_factory=ProbeCost)
 
     @property
     def n_tokens(self) -> int:
@@ -54,6 +62,7 @@ class Probe:
         groups = q.shape[1] // k.shape[1]
         k = k.repeat_interleave(groups, dim=1)
         scores = (q.float() @ k.float().transpose(-1, -2)) * attn.scaling
+        self.cost.flops += 2 * q.shape[1] * q.shape[2] * k.shape[2] * q.shape[3]
         scores = scores + causal_mask(queries, keys, torch.float32)
         probs = scores.softmax(dim=-1)[0]
         if reduce is None:
@@ -70,6 +79,8 @@ class Probe:
         x_q = layer.input_layernorm(x[queries])
         x_k = layer.input_layernorm(x[keys])
         q, k, _ = self.decoder.qkv(self.layer, x_q, x_k)
+        d = x.shape[-1]
+        self.cost.flops += 2 * d * (queries.numel() * q.shape[1] * q.shape[3] + 2 * keys.numel() * k.shape[1] * k.shape[3])
         rope_q = self.decoder.rope_tables(self._pos(queries), x)
         rope_k = self.decoder.rope_tables(self._pos(keys), x)
         return self.decoder.rotate(self.layer, q, k, rope_q, rope_k)

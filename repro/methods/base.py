@@ -10,6 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
+import torch
+from torch import Tensor
+
 from repro import flops
 from repro.budget import Budget, solve_knob
 from repro.engine import Planner, Schedule, Sequence
@@ -33,6 +36,11 @@ class Method:
         """Pre-LLM: select or merge visual tokens."""
         return visual
 
+    def position_mode(self, model: "Model") -> str:
+        """How this model numbers a reduced sequence: `positions`, except that M-RoPE models keep
+        original 3-D positions (no reference renumbers them; METHODS.md §1.2)."""
+        return "original" if model.family == "qwen2.5-vl" else self.positions
+
     def planner(self, model: "Model", seq: Sequence) -> Planner:
         """In-LLM: the token sets of every layer's operations."""
         return Schedule.full(model.card.layers)
@@ -52,6 +60,16 @@ def visual_tokens_for_budget(model: "Model", prepared: Prepared, n_visual: int, 
         return flops.unpruned_prefill_flops(model.card, n_other + n_keep, "paper")
 
     return solve_knob(range(n_visual + 1), cost, budget.max_flops(cost(n_visual)))
+
+
+def top_indices(scores: Tensor, k: int, *, inverse: bool = False) -> Tensor:
+    """Positions of the `k` highest scores (lowest with `inverse`), in ascending position order.
+
+    Ties go to the earlier position, so selections are deterministic. `inverse` is the sanity
+    variant every score-based method offers: keeping the worst tokens must do worse.
+    """
+    order = torch.argsort(scores if inverse else -scores, stable=True)
+    return torch.sort(order[:k]).values
 
 
 @dataclass

@@ -7,7 +7,9 @@ lm-evaluation-harness's task registry, and is read-only afterwards.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import inspect
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Callable
 
 from repro.budget import as_budget
@@ -19,17 +21,27 @@ STAGES = ("none", "pre-llm", "in-llm", "pre-llm+in-llm")
 
 @dataclass(frozen=True)
 class MethodSpec:
+    """A registered method. Its constructor's defaults are the faithful settings (the official
+    implementation's behaviour); `variants` documents the options that switch to harness variants."""
+
     name: str
     cls: type[Method]
     stage: str
     knob: str  # what `tokens:N` means for this method
     reference: str  # paper and official repository
+    variants: Mapping[str, str] = field(default_factory=dict)
+
+    def faithful_options(self) -> dict[str, object]:
+        """The constructor's keyword defaults: the official implementation's settings."""
+        params = inspect.signature(self.cls.__init__).parameters.values()
+        return {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY}
 
 
 _REGISTRY: dict[str, MethodSpec] = {}
 
 
-def register(name: str, *, stage: str, knob: str, reference: str) -> Callable[[type[Method]], type[Method]]:
+def register(name: str, *, stage: str, knob: str, reference: str,
+             variants: Mapping[str, str] | None = None) -> Callable[[type[Method]], type[Method]]:
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}")
 
@@ -37,7 +49,7 @@ def register(name: str, *, stage: str, knob: str, reference: str) -> Callable[[t
         if name in _REGISTRY:
             raise ValueError(f"method {name!r} is registered twice")
         cls.name = name
-        _REGISTRY[name] = MethodSpec(name, cls, stage, knob, reference)
+        _REGISTRY[name] = MethodSpec(name, cls, stage, knob, reference, dict(variants or {}))
         return cls
 
     return add
@@ -54,5 +66,5 @@ def method(name: str, budget=None, **options) -> Method:
         raise ReproError(f"unknown method {name!r}; registered: {', '.join(sorted(_REGISTRY))}")
     try:
         return spec.cls(budget=as_budget(budget), **options)
-    except TypeError as err:
+    except (TypeError, ValueError) as err:
         raise ReproError(f"bad options for method {name!r}: {err}") from None

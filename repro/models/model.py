@@ -10,7 +10,7 @@ from PIL import Image
 from torch import Tensor
 
 from repro import flops
-from repro.engine import Engine, LayerRecord, Schedule, Sequence
+from repro.engine import Engine, LayerRecord, PrefillOutput, Schedule, Sequence
 from repro.models.adapter import Adapter, Prepared, VisualTokens
 from repro.models.cards import ArchCard
 
@@ -27,6 +27,7 @@ class Stats:
     layers: tuple[LayerRecord, ...]  # tokens per operation, per layer
     tflops: dict[str, float]  # realized prefill TFLOPs per convention ("paper", "exact")
     dead_ops: str  # "kept" or "skipped": whether provably dead operations ran
+    probe_tflops: float = 0.0  # scoring overhead of in-LLM methods, reported apart from the budget
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -40,6 +41,7 @@ class Stats:
             "visual_mlp_tokens": [r.visual_mlp for r in self.layers],
             "tflops": dict(self.tflops),
             "dead_ops": self.dead_ops,
+            "probe_tflops": self.probe_tflops,
         }
 
 
@@ -88,10 +90,11 @@ class Model:
     def assemble(self, prepared: Prepared, visual: VisualTokens, positions: str = "original") -> Sequence:
         return self.adapter.assemble(prepared, visual, positions=positions)
 
-    def stats(self, seq: Sequence, records: Seq[LayerRecord], dead_ops: str = "kept") -> Stats:
-        layers = [flops.LayerTokens(r.queries, r.keys, r.mlp) for r in records]
+    def stats(self, seq: Sequence, out: PrefillOutput, dead_ops: str = "kept") -> Stats:
+        layers = [flops.LayerTokens(r.queries, r.keys, r.mlp) for r in out.records]
         tflops = {c: flops.prefill_flops(self.card, layers, c) / 1e12 for c in flops.CONVENTIONS}
-        return Stats(seq.n_tokens, int(seq.visual.numel()), tuple(records), tflops, dead_ops)
+        return Stats(seq.n_tokens, int(seq.visual.numel()), tuple(out.records), tflops, dead_ops,
+                     out.probe_flops / 1e12)
 
     @torch.inference_mode()
     def generate(self, images: Image.Image | Seq[Image.Image], question: str, *, method: "Method | None" = None,
@@ -101,7 +104,7 @@ class Model:
         visual = self.encode(prepared)
         if method is not None:
             visual = method.reduce(self, prepared, visual)
-        seq = self.assemble(prepared, visual, positions=method.positions if method else "original")
+        seq = self.assemble(prepared, visual, positions=method.position_mode(self) if method else "original")
         planner = method.planner(self, seq) if method is not None else Schedule.full(self.card.layers)
         dead_ops = "kept"
         if method is not None and method.skip_dead_ops:
@@ -112,7 +115,7 @@ class Model:
         tokens = list(self.engine.greedy(out, max_new_tokens, self.eos_ids(), self._stopper(stop)))
         text = self._trim(self.tokenizer.decode(tokens, skip_special_tokens=True), stop)
         return Result(text=text, prompt=prepared.prompt, first_token_logprobs=out.logits.log_softmax(-1),
-                      tokens=tokens, stats=self.stats(seq, out.records, dead_ops))
+                      tokens=tokens, stats=self.stats(seq, out, dead_ops))
 
     def eos_ids(self) -> set[int]:
         eos = self.hf.generation_config.eos_token_id

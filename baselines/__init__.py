@@ -1,0 +1,3 @@
+"""The baselines, one module each, built on repro's Method interface; importing registers them."""
+
+from baselines import fastv, vispruner  # noqa: F401
