@@ -81,3 +81,41 @@ def test_engine_overhead_over_hf_forward(interleaved, bench):
     })
     if rows:
         assert rows["engine full schedule"]["time_ratio"] <= 1.10
+
+
+def _prefill(model, method, seq):
+    """One timed prefill; the method plans anew each time, so FastV's probe is timed too."""
+    return model.engine.prefill(seq, method.planner(model, seq) if method else Schedule.full(model.card.layers))
+
+
+def test_method_prefill_time_follows_flops(interleaved, bench):
+    """FastV and VisPruner at 100% / 33% / 11%: prefill time (FastV's probe included) next to FLOPs.
+
+    VisPruner runs at ratio budgets; FastV keeps 33% / 11% of the visual tokens after K = 2 (on an
+    8-layer model its first two full layers alone cost 25%, so an 11% FLOPs ratio is infeasible).
+    """
+    import repro
+
+    model, full_seq = bench
+    prepared = model.prepare(Image.fromarray((np.random.RandomState(0).rand(336, 336, 3) * 255).astype("uint8")),
+                             "What colour is the small square in the top left corner?")
+    visual = model.encode(prepared)
+    n_vis = full_seq.visual.numel()
+    methods = {"unpruned": None,
+               "fastv keep 33%": repro.method("fastv", f"tokens:{round(n_vis / 3)}"),
+               "fastv keep 11%": repro.method("fastv", f"tokens:{round(n_vis / 9)}"),
+               "vispruner ratio 0.33": repro.method("vispruner", "ratio:0.33"),
+               "vispruner ratio 0.11": repro.method("vispruner", "ratio:0.11")}
+    variants = {}
+    for label, method in methods.items():
+        if method is None:
+            seq, planner = full_seq, Schedule.full(model.card.layers)
+        else:
+            seq = model.assemble(prepared, method.reduce(model, prepared, visual), method.position_mode(model))
+            planner = method.planner(model, seq)
+        records = model.engine.prefill(seq, planner).records
+        total = flops.prefill_flops(model.card, [flops.LayerTokens(r.queries, r.keys, r.mlp) for r in records], "paper")
+        variants[label] = (partial(_prefill, model, method, seq), {"flops": total})
+    rows = interleaved("prefill-methods", variants)
+    for row in rows.values():
+        assert 1 - row["time_ratio"] >= 0.8 * (1 - row["flops_ratio"]) - 1e-9, row
