@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from repro.budget import Budget
-from repro.methods.base import Method, top_indices, visual_tokens_for_budget
+from repro.methods.base import Method, split_budget, top_indices, visual_tokens_for_budget
 from repro.methods.registry import register
 from repro.models.adapter import LAYOUT
 
@@ -52,22 +52,6 @@ def vispruner_select(scores: Tensor, features: Tensor, n_keep: int, important_ra
         ranked = torch.argsort(redundancy, descending=True, stable=True)
         residual = torch.cat([even[ranked[step:]], odd])
     return torch.sort(torch.cat([important, residual])).values
-
-
-def split_budget(n_keep: int, capacities: list[int]) -> list[int]:
-    """Share `n_keep` as equally as possible over pools of the given sizes (exact when it fits)."""
-    shares = [0] * len(capacities)
-    left = min(n_keep, sum(capacities))
-    while left:
-        open_pools = [i for i, c in enumerate(capacities) if shares[i] < c]
-        each = max(1, left // len(open_pools))
-        for i in open_pools:
-            give = min(each, capacities[i] - shares[i], left)
-            shares[i] += give
-            left -= give
-            if not left:
-                break
-    return shares
 
 
 @register("vispruner", stage="pre-llm",

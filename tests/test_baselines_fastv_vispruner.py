@@ -10,11 +10,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import repro
 from baselines.fastv import FastVPlanner
-from baselines.vispruner import split_budget, vispruner_select
+from baselines.vispruner import vispruner_select
 from repro import flops
 from repro.engine import Sequence
 from repro.errors import ReproError
-from repro.methods import top_indices
+from repro.methods.base import split_budget, top_indices
 from repro.models.adapter import LAYOUT, PATCH, VisualTokens
 
 from conftest import TINY, make_image

@@ -10,7 +10,7 @@ rank among the layer's tokens when the schedule asks to renumber).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Collection, Iterator
 
 import torch
 from torch import Tensor
@@ -71,9 +71,20 @@ class KVCache:
 @dataclass
 class PrefillOutput:
     logits: Tensor  # (vocab,) float32 next-token logits at the end of prefill
-    cache: KVCache
+    cache: KVCache | None  # None after a resumed prefill (the skipped layers cached nothing)
     records: list[LayerRecord]
     probe_flops: int = 0  # scoring overhead of in-LLM decisions (not part of the prefill budget)
+    captured: dict[int, Tensor] = field(default_factory=dict)  # layer -> hidden states entering it
+
+
+@dataclass(frozen=True)
+class Prefix:
+    """Hidden states entering `layer` in an earlier prefill of the same sequence whose layers
+    before `layer` processed every token. A schedule that changes only layers ≥ `layer` can
+    resume there instead of recomputing the shared prefix (DOP's search does this)."""
+
+    layer: int
+    hidden: Tensor
 
 
 class Engine:
@@ -85,7 +96,10 @@ class Engine:
 
     # ------------------------------------------------------------------ prefill
     @torch.inference_mode()
-    def prefill(self, seq: Sequence, planner: Planner | None = None, *, renumber: bool = False) -> PrefillOutput:
+    def prefill(self, seq: Sequence, planner: Planner | None = None, *, renumber: bool = False,
+                resume: Prefix | None = None, capture: Collection[int] = ()) -> PrefillOutput:
+        """Run the prefill; `capture` keeps the hidden states entering the given layers, `resume`
+        starts from a captured prefix (no KV cache then: the result is for scoring, not decoding)."""
         dec = self.decoder
         n = seq.n_tokens
         device = seq.embeds.device
@@ -94,13 +108,20 @@ class Engine:
         if renumber and seq.positions.dim() != 1:
             raise ValueError("renumbering is defined for 1-D positions only (not M-RoPE)")
         required = seq.non_visual()
-        h = seq.embeds.clone()
+        start = resume.layer if resume is not None else 0
+        if start and not (isinstance(planner, Schedule) and all(not _pruned(ops) and ops.mlp is None
+                                                               for ops in planner.layers[:start])):
+            raise ValueError(f"resuming at layer {start} needs a static schedule that is full before it")
+        h = (resume.hidden if resume is not None else seq.embeds).clone()
         full_rope = dec.rope_tables(seq.positions, h)
         active = torch.arange(n, device=device)
         cache = KVCache(mrope=seq.positions.dim() == 2)
-        records: list[LayerRecord] = []
+        records = [_record(LayerOps(), n, seq.visual, None)] * start
+        captured: dict[int, Tensor] = {}
         cost = ProbeCost()
-        for layer_idx in range(dec.n_layers):
+        for layer_idx in range(start, dec.n_layers):
+            if layer_idx in capture:
+                captured[layer_idx] = h.clone()
             probe = Probe(dec, layer_idx, h, self._positions(seq, active, renumber), active, seq.visual, cost)
             ops = _on_device(planner.layer_ops(layer_idx, probe), device)
             ops.validate(n, required, layer_idx)
@@ -114,7 +135,7 @@ class Engine:
             records.append(_record(ops, n, seq.visual, kv))
             active = kv_all
         logits = dec.logits(h[-1:])[0]
-        return PrefillOutput(logits, cache, records, cost.flops)
+        return PrefillOutput(logits, None if start else cache, records, cost.flops, captured)
 
     def _attention(self, layer_idx: int, h: Tensor, ops: LayerOps, kv: Tensor | None, seq: Sequence,
                    full_rope: tuple[Tensor, Tensor], renumber: bool) -> tuple[Tensor, Tensor]:

@@ -72,6 +72,22 @@ def top_indices(scores: Tensor, k: int, *, inverse: bool = False) -> Tensor:
     return torch.sort(order[:k]).values
 
 
+def split_budget(n_keep: int, capacities: list[int]) -> list[int]:
+    """Share `n_keep` as equally as possible over pools of the given sizes (exact when it fits)."""
+    shares = [0] * len(capacities)
+    left = min(n_keep, sum(capacities))
+    while left:
+        open_pools = [i for i, c in enumerate(capacities) if shares[i] < c]
+        each = max(1, left // len(open_pools))
+        for i in open_pools:
+            give = min(each, capacities[i] - shares[i], left)
+            shares[i] += give
+            left -= give
+            if not left:
+                break
+    return shares
+
+
 @dataclass
 class ScheduleMethod(Method):
     """A fixed schedule computed from the assembled sequence (tests, benchmarks, analyses)."""

@@ -1,0 +1,129 @@
+"""DOP policies: which visual-token operations run, as (n_v, D_A, D_P) per visual group.
+
+Layers l < D_A: visual tokens take part in attention; l ≥ D_A: `drop` removes them from
+attention (no query, no key/value) while `query_skip` keeps their frozen keys/values. Layers
+l < D_P: visual tokens pass through the MLP. Prefix and text tokens run every operation.
+An MLP whose output nobody reads is not run (D_P is clamped to D_A − 1 under `drop`, to D_A
+under `query_skip`), and the FLOPs count follows what runs (shared/docs/DOP.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from repro import flops
+from repro.engine import LayerOps, Schedule
+from repro.models.cards import ArchCard
+
+MHA_SEMANTICS = ("drop", "query_skip")
+
+
+@dataclass(frozen=True)
+class Policy:
+    """n_visual visual tokens from the reducer; per group g, depths (D_A, D_P).
+
+    The single-group form has one pair; the `reducer` groups form has one pair per group of the
+    reducer (e.g. VisPruner's important and diverse tokens), in group order.
+    """
+
+    n_visual: int
+    depths: tuple[tuple[int, int], ...]
+
+    @classmethod
+    def single(cls, n_visual: int, attention_depth: int, mlp_depth: int) -> "Policy":
+        return cls(n_visual, ((attention_depth, mlp_depth),))
+
+    def validate(self, n_layers: int) -> None:
+        if self.n_visual < 0:
+            raise ValueError(f"n_visual must be >= 0, got {self.n_visual}")
+        for a, p in self.depths:
+            if not (0 <= a <= n_layers and 0 <= p <= n_layers):
+                raise ValueError(f"depths must lie in [0, {n_layers}], got D_A={a}, D_P={p}")
+
+    def rescaled(self, source_layers: int, target_layers: int) -> "Policy":
+        """The policy for a model of another depth: depths scale by L_target / L_source and round."""
+        scale = target_layers / source_layers
+        return Policy(self.n_visual, tuple((round(a * scale), round(p * scale)) for a, p in self.depths))
+
+    def as_dict(self) -> dict:
+        return {"n_visual": self.n_visual, "depths": [list(d) for d in self.depths]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Policy":
+        return cls(int(data["n_visual"]), tuple((int(a), int(p)) for a, p in data["depths"]))
+
+
+def mlp_depth_bound(attention_depth, n_layers: int, mha_semantics: str):
+    """Visual MLPs at layers ≥ this bound cannot reach the output: under `drop` nothing reads a
+    visual state after layer D_A − 1; under `query_skip` the state freezes at D_A; and no state
+    after the last layer is ever read. Works on ints and numpy arrays."""
+    if mha_semantics == "query_skip":
+        return np.minimum(attention_depth, n_layers - 1)
+    return np.maximum(attention_depth - 1, 0)
+
+
+def effective_mlp_depth(attention_depth: int, mlp_depth: int, mha_semantics: str, n_layers: int) -> int:
+    """D_P as executed: the requested depth, clamped to what can reach the output."""
+    return int(min(mlp_depth, mlp_depth_bound(attention_depth, n_layers, mha_semantics)))
+
+
+def policy_schedule(policy: Policy, n_tokens: int, visual: Tensor, groups: Tensor | None, n_layers: int,
+                    mha_semantics: str = "drop") -> Schedule:
+    """The engine schedule of a policy; `groups[i]` is the group of visual token i (None: one group)."""
+    if mha_semantics not in MHA_SEMANTICS:
+        raise ValueError(f"mha_semantics must be one of {MHA_SEMANTICS}, got {mha_semantics!r}")
+    policy.validate(n_layers)
+    groups = torch.zeros_like(visual) if groups is None else groups.to(visual.device)
+    if groups.numel() and int(groups.max()) >= len(policy.depths):
+        raise ValueError(f"the sequence has {int(groups.max()) + 1} visual groups, the policy {len(policy.depths)}")
+    attn_depth = torch.tensor([a for a, _ in policy.depths], device=visual.device)[groups]
+    mlp_depth = torch.tensor([effective_mlp_depth(a, p, mha_semantics, n_layers) for a, p in policy.depths],
+                             device=visual.device)[groups]
+    others = torch.ones(n_tokens, dtype=torch.bool, device=visual.device)
+    others[visual] = False
+    other = others.nonzero().flatten()
+
+    def with_others(keep: Tensor) -> Tensor | None:
+        return None if keep.numel() == visual.numel() else torch.sort(torch.cat([other, keep])).values
+
+    layers = []
+    for layer in range(n_layers):
+        attends = visual[attn_depth > layer]
+        kv_only = visual[attn_depth <= layer] if mha_semantics == "query_skip" else None
+        layers.append(LayerOps(attention=with_others(attends), mlp=with_others(visual[mlp_depth > layer]),
+                               kv_only=kv_only if kv_only is not None and kv_only.numel() else None))
+    return Schedule(tuple(layers), name="dop")
+
+
+def flops_grid(card: ArchCard, n_other: float, n_visual: np.ndarray, convention: str = "paper",
+               mha_semantics: str = "drop") -> np.ndarray:
+    """Prefill FLOPs of every single-group policy: array [n_visual index, D_A, D_P] (D_P raw).
+
+    `n_other` is the (mean) number of non-visual tokens. Per layer the cost splits into an
+    attention part (queries × keys) and an MLP part, which makes the sum over layers closed-form.
+    """
+    L = card.layers
+
+    def attention(nq: np.ndarray, nk: np.ndarray) -> np.ndarray:
+        return np.array([flops.layer_flops(card, flops.LayerTokens(int(q), int(k), 0), convention)
+                         for q, k in zip(np.broadcast_to(nq, n_visual.shape), np.broadcast_to(nk, n_visual.shape))],
+                        dtype=np.float64)
+
+    def mlp(nm: np.ndarray) -> np.ndarray:
+        return np.array([flops.layer_flops(card, flops.LayerTokens(0, 0, int(m)), convention)
+                         for m in np.broadcast_to(nm, n_visual.shape)], dtype=np.float64)
+
+    n_o = round(n_other)
+    attn_in = attention(n_o + n_visual, n_o + n_visual)
+    attn_out = attention(np.full_like(n_visual, n_o), n_o + n_visual if mha_semantics == "query_skip"
+                         else np.full_like(n_visual, n_o))
+    mlp_in, mlp_out = mlp(n_o + n_visual), mlp(np.full_like(n_visual, n_o))
+    depth = np.arange(L + 1)
+    d_a = depth[None, :, None]
+    d_p = np.minimum(depth[None, None, :], mlp_depth_bound(d_a, L, mha_semantics))
+    v = (slice(None), None, None)
+    return (d_a * attn_in[v] + (L - d_a) * attn_out[v] + d_p * mlp_in[v] + (L - d_p) * mlp_out[v])
