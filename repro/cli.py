@@ -238,6 +238,51 @@ def _run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- search ---------------------------------------------------------------------------------
+
+
+def _configure_search(parser: argparse.ArgumentParser) -> None:
+    from repro.methods.dop.policy import MHA_SEMANTICS
+    from repro.methods.dop.search import INTERPOLATIONS, KL_DIRECTIONS
+
+    parser.add_argument("method", choices=["dop"], help="the method whose policy is searched")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--reducer", default="vispruner", help="a registered pre-LLM method (default vispruner)")
+    parser.add_argument("--calibration", default="tinyworld", help="tinyworld or tinyworld:KEY,KEY (validation splits)")
+    parser.add_argument("--samples", type=_non_negative_int, default=25)
+    parser.add_argument("--budgets", default="ratio:0.14,ratio:0.23", help="comma-separated ratio:R / tflops:X")
+    parser.add_argument("--out", required=True, help="artifact path (JSON)")
+    parser.add_argument("--mha-semantics", choices=MHA_SEMANTICS, default="drop")
+    parser.add_argument("--kl-direction", choices=KL_DIRECTIONS, default="forward")
+    parser.add_argument("--kl-tokens", type=int, default=1, help="answer tokens the KL averages over (default 1)")
+    parser.add_argument("--interpolation", choices=INTERPOLATIONS, default="linear")
+    parser.add_argument("--groups", default="single")
+    parser.add_argument("--depth-step", type=int, default=4, help="layers between sampled depths (ends included)")
+    parser.add_argument("--visual-points", type=int, default=8, help="sampled visual-token counts")
+
+
+def _run_search(args: argparse.Namespace) -> int:
+    import repro
+    from repro.calibration import calibration_samples
+    from repro.methods.dop.search import SearchOptions, save_artifact, search
+
+    options = SearchOptions(reducer=args.reducer, mha_semantics=args.mha_semantics, kl_direction=args.kl_direction,
+                            kl_tokens=args.kl_tokens, interpolation=args.interpolation, groups=args.groups,
+                            depth_step=args.depth_step, visual_points=args.visual_points)
+    options.check()
+    repro.method(args.reducer, "tokens:1")  # an unknown reducer fails before any compute
+    model = repro.load(args.model)
+    samples = calibration_samples(args.calibration, args.samples)
+    budgets = [b.strip() for b in args.budgets.split(",") if b.strip()]
+    artifact = search(model, samples, budgets, options, source=args.calibration)
+    path = save_artifact(artifact, args.out)
+    print(f"wrote {path}: {artifact['forward_passes']} forward passes in {artifact['seconds']:.1f} s")
+    for chosen in artifact["budgets"]:
+        print(f"  {chosen['budget']}: policy {chosen['policy']}, predicted KL {chosen['predicted_divergence']:.4g}, "
+              f"{chosen['tflops']:.4g} TFLOPs ({chosen['ratio']:.1%} of unpruned)")
+    return 0
+
+
 COMMANDS: "MappingProxyType[str, Command]" = MappingProxyType(
     {
         "models": Command("list the registered checkpoints and whether weights are cached", _configure_models, _run_models),
@@ -245,6 +290,8 @@ COMMANDS: "MappingProxyType[str, Command]" = MappingProxyType(
         "methods": Command("list the registered methods: stage, budget knob, reference", _configure_methods, _run_methods),
         "generate": Command("answer a question about images with a model and an optional method",
                             _configure_generate, _run_generate),
+        "search": Command("search a DOP policy (additive approximation) and write its artifact",
+                          _configure_search, _run_search),
     }
 )
 
