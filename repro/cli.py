@@ -283,6 +283,43 @@ def _run_search(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- analyze --------------------------------------------------------------------------------
+
+
+def _configure_analyze(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("analysis", choices=["dop-proxy", "dop-curves"],
+                        help="dop-proxy: additive estimate vs measured joint KL (Spearman); dop-curves: the sweeps")
+    parser.add_argument("--artifact", required=True, help="a DOP search artifact")
+    parser.add_argument("--model", default=None, help="dop-proxy: the model (default: the artifact's)")
+    parser.add_argument("--policies", type=_non_negative_int, default=200, help="dop-proxy: random feasible policies")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="results/dop", help="output folder for CSV + PNG (default results/dop)")
+
+
+def _run_analyze(args: argparse.Namespace) -> int:
+    from repro.methods.dop import analyses, load_artifact
+
+    artifact = load_artifact(args.artifact)
+    name = f"{args.analysis}-{artifact['model']}"
+    if args.analysis == "dop-curves":
+        paths = analyses.write_curves(artifact, args.out, name)
+    else:
+        import repro
+        from repro.calibration import calibration_samples
+
+        cal = artifact["calibration"]
+        samples = calibration_samples(cal["source"], len(cal["samples"]))
+        if [s.id for s in samples] != cal["samples"]:
+            raise ReproError("the artifact's calibration samples cannot be rebuilt from its source; rerun the search")
+        result = analyses.proxy_vs_truth(repro.load(args.model or artifact["model"]), artifact, samples,
+                                         args.policies, args.seed)
+        paths = analyses.write_proxy_analysis(result, args.out, name)
+        print(f"Spearman rho = {result['spearman_rho']:.3f}, p = {result['p_value']:.2e} over {args.policies} policies")
+    for path in paths:
+        print(f"wrote {path}")
+    return 0
+
+
 COMMANDS: "MappingProxyType[str, Command]" = MappingProxyType(
     {
         "models": Command("list the registered checkpoints and whether weights are cached", _configure_models, _run_models),
@@ -292,6 +329,8 @@ COMMANDS: "MappingProxyType[str, Command]" = MappingProxyType(
                             _configure_generate, _run_generate),
         "search": Command("search a DOP policy (additive approximation) and write its artifact",
                           _configure_search, _run_search),
+        "analyze": Command("DOP analyses (proxy vs truth, divergence curves) as CSV + PNG",
+                           _configure_analyze, _run_analyze),
     }
 )
 

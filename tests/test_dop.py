@@ -184,3 +184,18 @@ def test_mismatched_artifacts_and_infeasible_budgets_are_refused(tiny_models, ar
         repro.method("dop", budget="ratio:0.8")
     transferred = repro.method("dop", budget="ratio:0.8", artifact=path, transfer=True).policy_for(other)
     assert transferred.depths == Policy.from_dict(artifact["budgets"][0]["policy"]).depths  # both have 4 layers
+
+
+def test_proxy_analysis_and_curves_write_csv_and_png(tiny_models, artifact, tmp_path):
+    from repro.methods.dop import analyses
+
+    model = tiny_models["tiny-llava-1.5"]["sdpa"]
+    policies = analyses.random_feasible_policies(artifact, model.card, 12, seed=1)
+    assert len(set(policies)) == 12
+    result = analyses.proxy_vs_truth(model, artifact, samples(3), n_policies=12, seed=1)
+    assert len(result["rows"]) == 12 and -1 <= result["spearman_rho"] <= 1
+    for row in result["rows"]:  # the proxy of a sampled point is what the curves say there
+        assert row["true"] >= 0
+    paths = analyses.write_proxy_analysis(result, tmp_path, "proxy") + analyses.write_curves(artifact, tmp_path, "curves")
+    assert all(p.exists() and p.stat().st_size > 0 for p in paths)
+    assert (tmp_path / "curves.csv").read_text().count("\n") == 1 + sum(len(c["points"]) for c in artifact["curves"].values())
