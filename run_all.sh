@@ -2,8 +2,9 @@
 # Regenerate a paper table.
 #   ./run_all.sh [--table main|budgets|flops|latency|dop] [--profile tiny|paper]
 #                [--models NAME[,NAME...]] [--executor local|slurm] [--dry-run]
-# Implemented so far: --table flops (analytic, needs no weights); it is the default table until
-# the tiny world exists.
+# Implemented so far: --table flops (analytic, needs no weights; the default table until the tiny
+# world's main table exists) and --table latency (tiny profile: a benchmark-size random LLaVA on CPU;
+# paper profile: the real architectures with random weights on CUDA).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")"
@@ -44,8 +45,19 @@ case "$TABLE" in
         echo "table: flops (analytic; the same for every profile and executor)"
         CMD=("$PY" -m repro flops --table --model "$MODELS" --out paper_tables)
         ;;
-    main|budgets|latency|dop)
-        echo "error: table '$TABLE' is not implemented yet (it needs the engine, methods and tiny world; only --table flops works now)" >&2
+    latency)
+        if [[ "$PROFILE" == tiny ]]; then
+            echo "table: latency (CPU, bench-llava-1.5 random weights, 1 thread; FastV and VisPruner at ratio 0.5 / 0.33)"
+            CMD=("$PY" -m repro latency --model bench-llava-1.5 --threads 1 --methods fastv,vispruner
+                 --budgets ratio:0.5,ratio:0.33 --repeats 20 --answer-tokens 8 --out paper_tables/tiny)
+        else
+            echo "table: latency (CUDA, real architectures with random weights, bf16; FastV and VisPruner at ratio 0.14)"
+            CMD=("$PY" -m repro latency --model "${MODELS/all/llava-next-7b}" --random-weights --device cuda
+                 --dtype bfloat16 --methods fastv,vispruner --budgets ratio:0.14 --repeats 20 --out paper_tables/paper)
+        fi
+        ;;
+    main|budgets|dop)
+        echo "error: table '$TABLE' is not implemented yet (the runner and store of issue 7); --table flops and latency work" >&2
         exit 2
         ;;
     *)

@@ -21,10 +21,8 @@ from repro.engine import Schedule, visual_schedule
 from repro.models.cards import ArchCard
 from repro.models.loading import ADAPTERS
 from repro.models.model import Model
-from repro.models.tiny import tiny_llava15
+from repro.models.tiny import bench_llava15
 
-TEXT = dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=8, num_attention_heads=8,
-            num_key_value_heads=8)
 FRACTIONS = (1.0, 0.5, 0.25, 0.10)
 
 
@@ -33,7 +31,7 @@ def bench():
     # One thread: these machines are shared, and an oversubscribed OpenMP pool makes every
     # timing meaningless; ratios between variants are what these benchmarks report.
     torch.set_num_threads(1)
-    hf, processor = tiny_llava15(image_size=336, text=TEXT)
+    hf, processor = bench_llava15()
     model = Model("bench-llava", hf, processor, ADAPTERS["llava"](hf, processor), ArchCard.from_hf_config(hf.config))
     image = Image.fromarray((np.random.RandomState(0).rand(336, 336, 3) * 255).astype("uint8"))
     prepared = model.prepare(image, "What colour is the small square in the top left corner?")

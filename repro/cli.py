@@ -12,6 +12,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
@@ -320,6 +321,70 @@ def _run_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- latency --------------------------------------------------------------------------------
+
+LATENCY_COLUMNS = ["model", "method", "budget", "tflops", "prefill_ms", "prefill_iqr_ms", "tflops_reduction_pct",
+                   "latency_reduction_pct", "latency_per_tflops_reduction", "end_to_end_ms", "device"]
+
+
+def _configure_latency(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="a model name (registry names need --random-weights or weights)")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="time the real architecture with random weights (speed only; answers are meaningless)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--dtype", default=None, help="e.g. bfloat16 (default: float32 on CPU)")
+    parser.add_argument("--methods", default="fastv,vispruner", help="methods timed next to the unpruned model")
+    parser.add_argument("--budgets", default="ratio:0.5", help="comma-separated budgets for every method")
+    parser.add_argument("--dop-artifact", default=None, help="time DOP too, with this search artifact")
+    parser.add_argument("--image-size", default=None, metavar="WxH", help="default: the model's protocol size")
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--answer-tokens", type=int, default=16, help="fixed answer length for decode/end-to-end")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's); recorded")
+    parser.add_argument("--out", default=None, help="write latency.{md,tex,csv} and records JSON here")
+
+
+def _run_latency(args: argparse.Namespace) -> int:
+    import repro
+    from repro.latency import check_device, default_image_size, measure, synthetic_image, table_rows
+    from repro.models.geometry import parse_image_size
+    from repro.report.tables import write_table
+
+    check_device(args.device)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    model = repro.load(args.model, random_weights=args.random_weights, device=args.device, dtype=args.dtype)
+    if args.random_weights:
+        print("note: random weights: timings are real, answers are meaningless", file=sys.stderr)
+    size = parse_image_size(args.image_size) if args.image_size else default_image_size(model)
+    image, question = synthetic_image(*size), "What is in the image? Answer the question using a single word."
+    cells = [("unpruned", None, "-")]
+    for name in [m for m in args.methods.split(",") if m]:
+        cells += [(name, repro.method(name, b), b) for b in args.budgets.split(",") if b]
+    if args.dop_artifact:
+        cells += [("dop", repro.method("dop", b, artifact=args.dop_artifact), b) for b in args.budgets.split(",") if b]
+    records = [measure(model, [image], question, method=m, method_name=n, budget=b, device=args.device,
+                       repeats=args.repeats, warmup=args.warmup, answer_tokens=args.answer_tokens)
+               for n, m, b in cells]
+    rows = table_rows(records)
+    print(_format_table(LATENCY_COLUMNS[:-1], [[_fmt(r.get(c, "")) for c in LATENCY_COLUMNS[:-1]] for r in rows]))
+    print(f"device: {rows[0]['device']}; {args.repeats} repeats, medians", file=sys.stderr)
+    if args.out:
+        caption = f"prefill latency, {rows[0]['device']}, image {size[0]}x{size[1]}, {args.repeats} repeats (median)"
+        for path in write_table(rows, LATENCY_COLUMNS, args.out, "latency", caption):
+            print(f"wrote {path}")
+        records_path = Path(args.out) / "latency_records.json"
+        records_path.write_text(json.dumps([r.as_dict() for r in records], indent=2))
+        print(f"wrote {records_path}")
+    return 0
+
+
+def _fmt(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 COMMANDS: "MappingProxyType[str, Command]" = MappingProxyType(
     {
         "models": Command("list the registered checkpoints and whether weights are cached", _configure_models, _run_models),
@@ -331,6 +396,8 @@ COMMANDS: "MappingProxyType[str, Command]" = MappingProxyType(
                           _configure_search, _run_search),
         "analyze": Command("DOP analyses (proxy vs truth, divergence curves) as CSV + PNG",
                            _configure_analyze, _run_analyze),
+        "latency": Command("time each stage (vision, prefill, decode) per method and budget; the latency table",
+                           _configure_latency, _run_latency),
     }
 )
 

@@ -229,7 +229,19 @@ def tiny_internvl3(seed: int = 0, *, tile: int = 56, patch: int | None = None, m
     return _init(InternVLForConditionalGeneration, config, seed, device, dtype), processor
 
 
+# A LLaVA-1.5 large enough that compute, not Python, dominates on a CPU (576 visual tokens,
+# hidden 512, 8 layers): the benchmarks' and the tiny latency table's model.
+BENCH_TEXT = dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=8, num_attention_heads=8,
+                  num_key_value_heads=8)
+
+
+def bench_llava15(seed: int = 0, **kwargs):
+    """Random-weight LLaVA-1.5 of benchmark size (speed only)."""
+    return tiny_llava15(seed, image_size=336, text=BENCH_TEXT, **kwargs)
+
+
 TINY_BUILDERS = {
+    "bench-llava-1.5": bench_llava15,
     "tiny-llava-1.5": tiny_llava15,
     "tiny-llava-next": tiny_llava_next,
     "tiny-qwen2.5-vl": tiny_qwen25vl,

@@ -1,0 +1,186 @@
+"""The latency protocol: each stage timed on its own, never inside accuracy runs.
+
+Stages: image preprocessing (reported, not in totals), vision encoder + reduction, LLM prefill
+(the paper's headline), per-token decode, and end-to-end for a fixed answer length. On CUDA,
+device events around each stage with a synchronize before reading, plus peak memory; on CPU,
+`perf_counter` (labelled CPU). Warm-up runs first, then `repeats` runs; medians and interquartile
+ranges are reported. Every record carries the device, versions, dtype and attention backend.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+
+import torch
+from PIL import Image
+
+from repro.errors import ReproError
+
+STAGES = ("preprocess", "vision", "prefill", "decode_per_token", "end_to_end")
+
+
+def check_device(device: str) -> torch.device:
+    """The timing device; asking for CUDA without a GPU is a clear error."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ReproError("CUDA timing was asked for but no GPU is visible; use --device cpu (CPU timings are "
+                         "labelled as such)")
+    return torch.device(device)
+
+
+class StageTimer:
+    """Times a block in milliseconds: CUDA events (synchronized) on a GPU, perf_counter on CPU."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    @contextmanager
+    def time(self, into: list[float]):
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize()
+            start.record()
+            yield
+            end.record()
+            torch.cuda.synchronize()
+            into.append(start.elapsed_time(end))
+        else:
+            start = time.perf_counter()
+            yield
+            into.append((time.perf_counter() - start) * 1e3)
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    """Median and interquartile range of repeated timings (ms)."""
+    q = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
+    return {"median_ms": statistics.median(values), "iqr_ms": q[2] - q[0], "repeats": len(values)}
+
+
+@dataclass
+class LatencyRecord:
+    model: str
+    method: str
+    budget: str
+    device: str
+    environment: dict
+    tflops: float  # realized prefill TFLOPs, paper convention
+    visual_tokens: int
+    stages: dict[str, dict[str, float]] = field(default_factory=dict)
+    peak_memory_bytes: int | None = None
+    kv_cache_bytes: int = 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def environment(model, device: torch.device) -> dict:
+    import transformers
+
+    env = {"device_type": device.type, "torch": torch.__version__, "transformers": transformers.__version__,
+           "dtype": str(model.adapter.dtype), "attention_backend": model.engine.backend,
+           "machine": platform.machine(), "processor": platform.processor() or platform.machine(),
+           "threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        env.update(device_name=torch.cuda.get_device_name(device), cuda=torch.version.cuda,
+                   driver=_driver_version())
+    else:
+        env["device_name"] = f"CPU ({env['processor']})"
+    return env
+
+
+def _driver_version() -> str:
+    try:
+        import subprocess
+
+        return subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+@torch.inference_mode()
+def measure(model, images: list[Image.Image], question: str, *, method=None, method_name: str = "unpruned",
+            budget: str = "-", device: str = "cpu", repeats: int = 20, warmup: int = 3,
+            answer_tokens: int = 16) -> LatencyRecord:
+    """Time every stage of answering `question` about `images` with `method` (batch size 1)."""
+    dev = check_device(device)
+    if repeats < 1 or warmup < 0 or answer_tokens < 1:
+        raise ReproError("need repeats >= 1, warmup >= 0 and answer_tokens >= 1")
+    timer = StageTimer(dev)
+    times: dict[str, list[float]] = {s: [] for s in STAGES}
+    record = None
+    for run in range(warmup + repeats):
+        sink = times if run >= warmup else {s: [] for s in STAGES}
+        with timer.time(sink["preprocess"]):
+            prepared = model.prepare(images, question)
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        total: list[float] = []
+        with timer.time(total):
+            with timer.time(sink["vision"]):
+                visual = model.encode(prepared)
+                if method is not None:
+                    visual = method.reduce(model, prepared, visual)
+            with timer.time(sink["prefill"]):
+                seq = model.assemble(prepared, visual, method.position_mode(model) if method else "original")
+                out = model.engine.prefill(seq, method.planner(model, seq) if method else None)
+            kv_bytes = sum(t.numel() * t.element_size() for t in (*out.cache.keys, *out.cache.values))
+            decode: list[float] = []
+            with timer.time(decode):
+                token = int(out.logits.argmax())
+                for step in range(answer_tokens - 1):  # a fixed answer length: EOS does not stop it
+                    token = int(model.engine.decode_step(token, out.cache, step).argmax())
+        sink["end_to_end"].append(total[0])
+        sink["decode_per_token"].append(decode[0] / max(answer_tokens - 1, 1))
+        if record is None:
+            stats = model.stats(seq, out)
+            record = LatencyRecord(model.name, method_name, budget, str(dev), environment(model, dev),
+                                   stats.tflops["paper"], stats.visual_tokens)
+            record.kv_cache_bytes = kv_bytes  # after prefill, before the answer's tokens
+    record.stages = {s: summary(v) for s, v in times.items()}
+    if dev.type == "cuda":
+        record.peak_memory_bytes = torch.cuda.max_memory_allocated(dev)
+    return record
+
+
+def check_same_backend(records: list[LatencyRecord]) -> None:
+    """Compared runs must share device, dtype and attention backend."""
+    keys = {(r.device, r.environment["dtype"], r.environment["attention_backend"]) for r in records}
+    if len(keys) > 1:
+        raise ReproError(f"latency records were taken under different settings {sorted(keys)}; compare like with like")
+
+
+def default_image_size(model) -> tuple[int, int]:
+    """A synthetic input at the model's native protocol resolution (width, height)."""
+    side = model.card.vision.image_size
+    return {"llava-next": (2 * side, 2 * side), "internvl3": (4 * side, 3 * side)}.get(model.family, (side, side))
+
+
+def synthetic_image(width: int, height: int, seed: int = 0) -> Image.Image:
+    """Deterministic noise: speed does not depend on what the pixels show."""
+    generator = torch.Generator().manual_seed(seed)
+    pixels = torch.randint(0, 256, (height, width, 3), generator=generator, dtype=torch.uint8)
+    return Image.fromarray(pixels.numpy())
+
+
+def table_rows(records: list[LatencyRecord]) -> list[dict]:
+    """Per model, method and budget: TFLOPs, prefill latency, reductions vs unpruned and their ratio."""
+    check_same_backend(records)
+    base = {r.model: r for r in records if r.method == "unpruned"}
+    rows = []
+    for r in records:
+        ref = base.get(r.model)
+        prefill = r.stages["prefill"]["median_ms"]
+        row = {"model": r.model, "method": r.method, "budget": r.budget, "tflops": r.tflops,
+               "prefill_ms": prefill, "prefill_iqr_ms": r.stages["prefill"]["iqr_ms"],
+               "end_to_end_ms": r.stages["end_to_end"]["median_ms"], "device": r.environment["device_name"]}
+        if ref is not None:
+            tflops_cut = 1 - r.tflops / ref.tflops
+            latency_cut = 1 - prefill / ref.stages["prefill"]["median_ms"]
+            row.update(tflops_reduction_pct=100 * tflops_cut, latency_reduction_pct=100 * latency_cut,
+                       latency_per_tflops_reduction=latency_cut / tflops_cut if tflops_cut > 0 else float("nan"))
+        rows.append(row)
+    return rows

@@ -1,0 +1,1 @@
+"""Tables (Markdown, LaTeX, CSV) and figures regenerated from measured records."""
