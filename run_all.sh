@@ -53,7 +53,7 @@ case "$TABLE" in
         else
             echo "table: latency (CUDA, real architectures with random weights, bf16; FastV and VisPruner at ratio 0.14)"
             CMD=("$PY" -m repro latency --model "${MODELS/all/llava-next-7b}" --random-weights --device cuda
-                 --dtype bfloat16 --methods fastv,vispruner --budgets ratio:0.14 --repeats 20 --out paper_tables/paper)
+                 --dtype bfloat16 --protocol fixed --methods fastv,vispruner --budgets ratio:0.14 --repeats 20 --out paper_tables/paper)
         fi
         ;;
     main|budgets|dop)

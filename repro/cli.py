@@ -337,6 +337,9 @@ def _configure_latency(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budgets", default="ratio:0.5", help="comma-separated budgets for every method")
     parser.add_argument("--dop-artifact", default=None, help="time DOP too, with this search artifact")
     parser.add_argument("--image-size", default=None, metavar="WxH", help="default: the model's protocol size")
+    parser.add_argument("--image", default=None, help="a real image file instead of the synthetic one")
+    parser.add_argument("--protocol", default=None, choices=["native", "fixed"],
+                        help="LLaVA-NeXT: 'fixed' is the 672x672 / 2880-token protocol of VisPruner and CDPruner")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--answer-tokens", type=int, default=16, help="fixed answer length for decode/end-to-end")
@@ -355,11 +358,14 @@ def _run_latency(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    model = repro.load(args.model, random_weights=args.random_weights, device=args.device, dtype=args.dtype)
+    options = {"protocol": args.protocol} if args.protocol else {}
+    model = repro.load(args.model, random_weights=args.random_weights, device=args.device, dtype=args.dtype, **options)
     if args.random_weights:
         print("note: random weights: timings are real, answers are meaningless", file=sys.stderr)
     size = parse_image_size(args.image_size) if args.image_size else default_image_size(model)
-    image, question = synthetic_image(*size), "What is in the image? Answer the question using a single word."
+    image = _read_image(args.image) if args.image else synthetic_image(*size)
+    size = image.size
+    question = "What is in the image? Answer the question using a single word."
     cells = [("unpruned", None, "-")]
     for name in [m for m in args.methods.split(",") if m]:
         cells += [(name, repro.method(name, b), b) for b in args.budgets.split(",") if b]
@@ -379,6 +385,15 @@ def _run_latency(args: argparse.Namespace) -> int:
         records_path.write_text(json.dumps([r.as_dict() for r in records], indent=2))
         print(f"wrote {records_path}")
     return 0
+
+
+def _read_image(path: str):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        return Image.open(path).convert("RGB")
+    except (OSError, UnidentifiedImageError) as err:
+        raise ReproError(f"cannot read image: {err}") from None
 
 
 def _fmt(value) -> str:
