@@ -53,6 +53,7 @@ class SearchOptions:
     groups: str = "single"
     depth_step: int = 4
     visual_points: int = 8
+    prefix_cache: bool = True  # resume depth sweeps from the reference's hidden states (speed only)
 
     def check(self) -> None:
         if self.kl_direction not in KL_DIRECTIONS:
@@ -109,7 +110,7 @@ class SampleRunner:
     def _first_tokens(self, seq, schedule, *, reference=False, resume: Prefix | None = None) -> torch.Tensor:
         """Log-probs of the first `kl_tokens` answer tokens, teacher-forced on the unpruned answer."""
         engine, layers = self.model.engine, self.model.card.layers
-        capture = self.capture if reference and self.options.kl_tokens == 1 else ()
+        capture = self.capture if reference and self.options.kl_tokens == 1 and self.options.prefix_cache else ()
         out = engine.prefill(seq, schedule, resume=resume, capture=capture)
         self.passes += 1
         self.layer_passes += layers - (resume.layer if resume else 0)
