@@ -349,7 +349,7 @@ def _configure_latency(parser: argparse.ArgumentParser) -> None:
 
 def _run_latency(args: argparse.Namespace) -> int:
     import repro
-    from repro.latency import check_device, default_image_size, measure, synthetic_image, table_rows
+    from repro.latency import check_device, default_image_size, measure_cells, synthetic_image, table_rows
     from repro.models.geometry import parse_image_size
     from repro.report.tables import write_table
 
@@ -371,9 +371,8 @@ def _run_latency(args: argparse.Namespace) -> int:
         cells += [(name, repro.method(name, b), b) for b in args.budgets.split(",") if b]
     if args.dop_artifact:
         cells += [("dop", repro.method("dop", b, artifact=args.dop_artifact), b) for b in args.budgets.split(",") if b]
-    records = [measure(model, [image], question, method=m, method_name=n, budget=b, device=args.device,
-                       repeats=args.repeats, warmup=args.warmup, answer_tokens=args.answer_tokens)
-               for n, m, b in cells]
+    records = measure_cells(model, [image], question, cells, device=args.device, repeats=args.repeats,
+                            warmup=args.warmup, answer_tokens=args.answer_tokens)
     rows = table_rows(records)
     print(_format_table(LATENCY_COLUMNS[:-1], [[_fmt(r.get(c, "")) for c in LATENCY_COLUMNS[:-1]] for r in rows]))
     print(f"device: {rows[0]['device']}; {args.repeats} repeats, medians", file=sys.stderr)

@@ -102,48 +102,64 @@ def _driver_version() -> str:
 
 
 @torch.inference_mode()
-def measure(model, images: list[Image.Image], question: str, *, method=None, method_name: str = "unpruned",
-            budget: str = "-", device: str = "cpu", repeats: int = 20, warmup: int = 3,
-            answer_tokens: int = 16) -> LatencyRecord:
-    """Time every stage of answering `question` about `images` with `method` (batch size 1)."""
+def _run_once(model, images, question, method, timer: StageTimer, device: torch.device, answer_tokens: int):
+    """One timed answer: stage times (ms), and the prefill's sequence, output and KV-cache bytes."""
+    t: dict[str, list[float]] = {s: [] for s in STAGES}
+    with timer.time(t["preprocess"]):
+        prepared = model.prepare(images, question)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    decode: list[float] = []
+    with timer.time(t["end_to_end"]):
+        with timer.time(t["vision"]):
+            visual = model.encode(prepared)
+            if method is not None:
+                visual = method.reduce(model, prepared, visual)
+        with timer.time(t["prefill"]):
+            seq = model.assemble(prepared, visual, method.position_mode(model) if method else "original")
+            out = model.engine.prefill(seq, method.planner(model, seq) if method else None)
+        kv_bytes = sum(x.numel() * x.element_size() for x in (*out.cache.keys, *out.cache.values))
+        with timer.time(decode):
+            token = int(out.logits.argmax())
+            for step in range(answer_tokens - 1):  # a fixed answer length: EOS does not stop it
+                token = int(model.engine.decode_step(token, out.cache, step).argmax())
+    times = {s: v[0] for s, v in t.items() if v}
+    times["decode_per_token"] = decode[0] / max(answer_tokens - 1, 1)
+    return times, seq, out, kv_bytes
+
+
+def measure_cells(model, images: list[Image.Image], question: str, cells: list[tuple[str, object, str]], *,
+                  device: str = "cpu", repeats: int = 20, warmup: int = 3, answer_tokens: int = 16) -> list[LatencyRecord]:
+    """Time every (name, method, budget) cell, interleaved: each round runs every cell once, in
+    rotating order, so slow drifts of a shared machine hit all cells alike (batch size 1)."""
     dev = check_device(device)
     if repeats < 1 or warmup < 0 or answer_tokens < 1:
         raise ReproError("need repeats >= 1, warmup >= 0 and answer_tokens >= 1")
     timer = StageTimer(dev)
-    times: dict[str, list[float]] = {s: [] for s in STAGES}
-    record = None
-    for run in range(warmup + repeats):
-        sink = times if run >= warmup else {s: [] for s in STAGES}
-        with timer.time(sink["preprocess"]):
-            prepared = model.prepare(images, question)
-        if dev.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(dev)
-        total: list[float] = []
-        with timer.time(total):
-            with timer.time(sink["vision"]):
-                visual = model.encode(prepared)
-                if method is not None:
-                    visual = method.reduce(model, prepared, visual)
-            with timer.time(sink["prefill"]):
-                seq = model.assemble(prepared, visual, method.position_mode(model) if method else "original")
-                out = model.engine.prefill(seq, method.planner(model, seq) if method else None)
-            kv_bytes = sum(t.numel() * t.element_size() for t in (*out.cache.keys, *out.cache.values))
-            decode: list[float] = []
-            with timer.time(decode):
-                token = int(out.logits.argmax())
-                for step in range(answer_tokens - 1):  # a fixed answer length: EOS does not stop it
-                    token = int(model.engine.decode_step(token, out.cache, step).argmax())
-        sink["end_to_end"].append(total[0])
-        sink["decode_per_token"].append(decode[0] / max(answer_tokens - 1, 1))
-        if record is None:
-            stats = model.stats(seq, out)
-            record = LatencyRecord(model.name, method_name, budget, str(dev), environment(model, dev),
-                                   stats.tflops["paper"], stats.visual_tokens)
-            record.kv_cache_bytes = kv_bytes  # after prefill, before the answer's tokens
-    record.stages = {s: summary(v) for s, v in times.items()}
-    if dev.type == "cuda":
-        record.peak_memory_bytes = torch.cuda.max_memory_allocated(dev)
-    return record
+    times = [{s: [] for s in STAGES} for _ in cells]
+    records: list[LatencyRecord | None] = [None] * len(cells)
+    for round_ in range(warmup + repeats):
+        for i in [(round_ + j) % len(cells) for j in range(len(cells))]:
+            name, method, budget = cells[i]
+            stage_times, seq, out, kv_bytes = _run_once(model, images, question, method, timer, dev, answer_tokens)
+            if round_ >= warmup:
+                for stage, value in stage_times.items():
+                    times[i][stage].append(value)
+            if records[i] is None:
+                stats = model.stats(seq, out)
+                records[i] = LatencyRecord(model.name, name, budget, str(dev), environment(model, dev),
+                                           stats.tflops["paper"], stats.visual_tokens, kv_cache_bytes=kv_bytes)
+            if dev.type == "cuda":
+                records[i].peak_memory_bytes = max(records[i].peak_memory_bytes or 0, torch.cuda.max_memory_allocated(dev))
+    for record, t in zip(records, times):
+        record.stages = {s: summary(v) for s, v in t.items()}
+    return records
+
+
+def measure(model, images: list[Image.Image], question: str, *, method=None, method_name: str = "unpruned",
+            budget: str = "-", **kwargs) -> LatencyRecord:
+    """Time one method and budget (see `measure_cells`)."""
+    return measure_cells(model, images, question, [(method_name, method, budget)], **kwargs)[0]
 
 
 def check_same_backend(records: list[LatencyRecord]) -> None:

@@ -11,7 +11,8 @@ import torch
 
 import repro
 from repro.errors import ReproError
-from repro.latency import LatencyRecord, STAGES, check_device, check_same_backend, measure, summary, table_rows
+from repro.latency import (LatencyRecord, STAGES, check_device, check_same_backend, measure, measure_cells, summary,
+                           table_rows)
 from repro.models.tiny import tiny_llava15
 
 
@@ -47,10 +48,10 @@ def test_prefill_latency_falls_with_the_budget(medium):
     from conftest import make_image
 
     image = make_image(0, (224, 224))
-    records = [measure(medium, [image], "What?", repeats=7, warmup=2, answer_tokens=2)]
-    for ratio in (0.5, 0.25):
-        records.append(measure(medium, [image], "What?", method=repro.method("vispruner", f"ratio:{ratio}"),
-                               method_name="vispruner", budget=f"ratio:{ratio}", repeats=7, warmup=2, answer_tokens=2))
+    cells = [("unpruned", None, "-")] + [("vispruner", repro.method("vispruner", f"ratio:{r}"), f"ratio:{r}")
+                                         for r in (0.5, 0.25)]
+    records = measure_cells(medium, [image], "What?", cells, repeats=7, warmup=2, answer_tokens=2)
+    assert measure(medium, [image], "What?", repeats=1, warmup=0, answer_tokens=1).method == "unpruned"
     prefill = [r.stages["prefill"]["median_ms"] for r in records]
     assert prefill[1] < 0.8 * prefill[0] and prefill[2] < 0.8 * prefill[1]  # FLOPs ratios 0.5 and 0.5
     for r in records:
