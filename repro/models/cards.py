@@ -135,9 +135,10 @@ def _side(value: Any) -> int:
     return int(value)
 
 
-def _clip_vision(vc: Any, tokens_rule: str) -> VisionCard:
+def _clip_vision(vc: Any, tokens_rule: str, default_name: str = "clip_vision_model", **extra: Any) -> VisionCard:
+    """A ViT with a CLS token, read from a transformers vision config."""
     return VisionCard(
-        name=getattr(vc, "model_type", "clip_vision_model"),
+        name=getattr(vc, "model_type", default_name),
         layers=vc.num_hidden_layers,
         hidden=vc.hidden_size,
         heads=vc.num_attention_heads,
@@ -147,6 +148,7 @@ def _clip_vision(vc: Any, tokens_rule: str) -> VisionCard:
         has_cls=True,
         tokens_rule=tokens_rule,
         in_channels=getattr(vc, "num_channels", 3),
+        **extra,
     )
 
 
@@ -191,17 +193,8 @@ def _qwen2_5_vl(config: Any, vc: Any) -> tuple[VisionCard, int]:
 
 def _internvl(config: Any, vc: Any) -> tuple[VisionCard, int]:
     ratio = getattr(config, "downsample_ratio", 0.5)
-    vision = VisionCard(
-        name=getattr(vc, "model_type", "internvl_vision"),
-        layers=vc.num_hidden_layers,
-        hidden=vc.hidden_size,
-        heads=vc.num_attention_heads,
-        mlp=vc.intermediate_size,
-        image_size=_side(vc.image_size),
-        patch_size=_side(vc.patch_size),
-        has_cls=True,
-        tokens_rule=f"tiles (1-{INTERNVL_MAX_TILES}, + thumbnail if >1) x pixel-shuffled patches",
-        in_channels=getattr(vc, "num_channels", 3),
+    vision = _clip_vision(
+        vc, f"tiles (1-{INTERNVL_MAX_TILES}, + thumbnail if >1) x pixel-shuffled patches", "internvl_vision",
         merge=round(1 / ratio) ** 2,
     )
     return vision, (INTERNVL_MAX_TILES + 1) * vision.llm_tokens

@@ -58,21 +58,13 @@ def write_proxy_analysis(result: dict, out_dir: Path | str, name: str) -> list[P
         writer = csv.DictWriter(f, fieldnames=list(result["rows"][0]))
         writer.writeheader()
         writer.writerows(result["rows"])
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(4.5, 4))
     ax.scatter([r["proxy"] for r in result["rows"]], [r["true"] for r in result["rows"]], s=10)
     ax.set_xlabel("additive estimate D̂")
     ax.set_ylabel("measured joint KL")
     ax.set_title(f"Spearman ρ = {result['spearman_rho']:.3f} (p = {result['p_value']:.1e})")
-    fig.tight_layout()
-    figure = out / f"{name}.png"
-    fig.savefig(figure, dpi=120)
-    plt.close(fig)
-    return [table, figure]
+    return [table, _save(plt, fig, out / f"{name}.png")]
 
 
 def write_curves(artifact: dict, out_dir: Path | str, name: str) -> list[Path]:
@@ -86,11 +78,7 @@ def write_curves(artifact: dict, out_dir: Path | str, name: str) -> list[Path]:
         for parameter in PARAMETERS:
             curve = artifact["curves"][parameter]
             writer.writerows([parameter, x, y] for x, y in zip(curve["points"], curve["values"]))
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     interpolated = predicted_divergence(artifact)[:3]
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
     for ax, parameter, line in zip(axes, PARAMETERS, interpolated):
@@ -100,8 +88,20 @@ def write_curves(artifact: dict, out_dir: Path | str, name: str) -> list[Path]:
         ax.set_xlabel(parameter)
         ax.set_ylabel("KL to unpruned")
     fig.suptitle(f"{artifact['model']}: single-parameter divergence curves")
+    return [table, _save(plt, fig, out / f"{name}.png")]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(plt, fig, path: Path) -> Path:
     fig.tight_layout()
-    figure = out / f"{name}.png"
-    fig.savefig(figure, dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
-    return [table, figure]
+    return path
