@@ -243,9 +243,7 @@ def _run_generate(args: argparse.Namespace) -> int:
 
 
 def _configure_search(parser: argparse.ArgumentParser) -> None:
-    from repro.methods.dop.policy import MHA_SEMANTICS
-    from repro.methods.dop.search import INTERPOLATIONS, KL_DIRECTIONS
-
+    # option values are checked by SearchOptions.check (importing it here would load torch)
     parser.add_argument("method", choices=["dop"], help="the method whose policy is searched")
     parser.add_argument("--model", required=True)
     parser.add_argument("--reducer", default="vispruner", help="a registered pre-LLM method (default vispruner)")
@@ -253,10 +251,10 @@ def _configure_search(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--samples", type=_non_negative_int, default=25)
     parser.add_argument("--budgets", default="ratio:0.14,ratio:0.23", help="comma-separated ratio:R / tflops:X")
     parser.add_argument("--out", required=True, help="artifact path (JSON)")
-    parser.add_argument("--mha-semantics", choices=MHA_SEMANTICS, default="drop")
-    parser.add_argument("--kl-direction", choices=KL_DIRECTIONS, default="forward")
+    parser.add_argument("--mha-semantics", default="drop", help="drop (default) or query_skip")
+    parser.add_argument("--kl-direction", default="forward", help="forward (default) or reverse")
     parser.add_argument("--kl-tokens", type=int, default=1, help="answer tokens the KL averages over (default 1)")
-    parser.add_argument("--interpolation", choices=INTERPOLATIONS, default="linear")
+    parser.add_argument("--interpolation", default="linear", help="linear (default) or pchip (monotone cubic)")
     parser.add_argument("--groups", default="single")
     parser.add_argument("--depth-step", type=int, default=4, help="layers between sampled depths (ends included)")
     parser.add_argument("--visual-points", type=int, default=8, help="sampled visual-token counts")

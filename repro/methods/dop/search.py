@@ -30,7 +30,8 @@ from repro import flops
 from repro.budget import Budget, as_budget
 from repro.engine import Prefix, Schedule
 from repro.errors import ReproError
-from repro.methods.dop.policy import Policy, effective_mlp_depth, flops_grid, mlp_depth_bound, policy_schedule
+from repro.methods.dop.policy import (MHA_SEMANTICS, Policy, effective_mlp_depth, flops_grid, mlp_depth_bound,
+                                      policy_schedule)
 from repro.methods.registry import method as build_method
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,8 @@ class SearchOptions:
     prefix_cache: bool = True  # resume depth sweeps from the reference's hidden states (speed only)
 
     def check(self) -> None:
+        if self.mha_semantics not in MHA_SEMANTICS:
+            raise ReproError(f"mha_semantics must be one of {MHA_SEMANTICS}")
         if self.kl_direction not in KL_DIRECTIONS:
             raise ReproError(f"kl_direction must be one of {KL_DIRECTIONS}")
         if self.interpolation not in INTERPOLATIONS:
