@@ -66,6 +66,9 @@ def _run_models(args: argparse.Namespace) -> int:
         c = e.card
         arch = f"{c.layers}/{c.hidden}/{c.heads}/{c.kv_heads}"
         rows.append([e.name, e.family, e.hf_id, arch, str(c.visual_tokens), local_weights(e) or "no"])
+    from repro.models.shipped import listing_rows
+
+    rows += listing_rows()  # checkpoints trained here and shipped in the package (tinyworld-llava)
     print(_format_table(header, rows))
     return 0
 

@@ -41,9 +41,10 @@ def test_models_table(env):
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert "name" in lines[0] and "local weights" in lines[0]
-    body = lines[2:]
+    body, shipped = lines[2:-1], lines[-1]
     assert [line.split()[0] for line in body] == NAMES
     assert all(line.split()[-1] == "no" for line in body)
+    assert shipped.split()[:3] == ["tinyworld-llava", "llava-1.5", "(in"]  # trained here, in the package
     assert "28/3584/28/4" in out.stdout and "Qwen/Qwen2.5-VL-7B-Instruct" in out.stdout
 
 

@@ -1,0 +1,184 @@
+"""`ReproLMM`: the lmms-eval model class `repro` (a "simple" model, batch size 1).
+
+`model_args` (everything that changes outputs is one of them):
+
+| key | meaning | default |
+|---|---|---|
+| `model` | a name `repro.load` knows (`tinyworld-llava`, registry names, tiny names) or a local directory / HF id | `tinyworld-llava` |
+| `method` | a registered method (`python -m repro methods`), or `none` for the unpruned model | `none` |
+| `budget` | `tokens:N`, `ratio:R` or `tflops:X` (see repro.budget), or `none` | `none` |
+| `options` | method options as a JSON object, e.g. `{"keep":0.25,"seed":0}` | `{}` |
+| `dtype` | `float32`, `bfloat16`, `float16` | `float32` |
+| `attn` | attention backend: `sdpa`, `eager`, `flash_attention_2` | `sdpa` |
+| `device` | `cpu`, `cuda`, `cuda:0`, ... | `cpu` |
+
+`batch_size`/`max_batch_size` (added by lmms-eval) are accepted; samples always run one at a
+time (every sample has its own schedule), so they do not change outputs. Any other key is an
+error that lists these.
+
+Prompts: lmms-eval's stock `llava_hf` chat class sends `[images..., text]` through the processor's
+chat template, where `text` is the task's `doc_to_text` (none of the thirteen paper tasks or the
+tiny tasks defines `doc_to_messages`); `Model.prepare` builds exactly that from the simple
+interface's `(context, doc_to_visual)`.
+
+Per-sample log: each response is a `GenerationResult` whose `token_counts` (a `TokenCounts`
+subclass) serialises, in the samples log (`log_samples=True`, CLI `--log_samples`), as
+`{"input_tokens", "output_tokens", "repro": {...}}` with the prompt's sha256, the visual tokens
+per layer and per operation, realized TFLOPs per FLOPs convention and the method/budget.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from lmms_eval.api.instance import GenerationResult, TokenCounts
+from lmms_eval.api.model import lmms
+from PIL import Image
+
+from repro.errors import ReproError
+
+ACCEPTED = ("model", "method", "budget", "options", "dtype", "attn", "device")
+IGNORED = ("batch_size", "max_batch_size")  # added by lmms-eval; batch size 1 always
+DEFAULTS = {"model": "tinyworld-llava", "method": "none", "budget": "none", "options": "{}", "dtype": "float32",
+            "attn": "sdpa", "device": "cpu"}
+DTYPES = ("float32", "bfloat16", "float16")
+DEFAULT_MAX_NEW_TOKENS = 1024  # what lmms-eval's llava_hf uses when a task sets none
+
+
+@dataclass
+class ReproTokenCounts(TokenCounts):
+    """TokenCounts that also carries repro's per-sample record into the samples log."""
+
+    repro: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = super().to_dict()
+        d["repro"] = self.repro
+        return d
+
+
+def _none(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null"))
+
+
+def parse_options(options: Any) -> dict[str, Any]:
+    if _none(options):
+        return {}
+    if isinstance(options, dict):
+        return dict(options)
+    try:
+        parsed = json.loads(options) if isinstance(options, str) else None
+    except json.JSONDecodeError as err:
+        raise ReproError(f"model_args options={options!r} is not valid JSON ({err.msg}); "
+                         "write e.g. options={\"keep\":0.25,\"seed\":0}") from None
+    if not isinstance(parsed, dict):
+        raise ReproError(f"model_args options must be a JSON object, got {options!r}")
+    return parsed
+
+
+def check_model_args(args: dict[str, Any]) -> dict[str, Any]:
+    """Accepted keys with defaults filled; ReproError listing the accepted keys on any other."""
+    unknown = sorted(set(args) - set(ACCEPTED) - set(IGNORED))
+    if unknown:
+        raise ReproError(f"unknown model_args key(s) for --model repro: {', '.join(unknown)}; "
+                         f"accepted: {', '.join(ACCEPTED)} (and lmms-eval's {', '.join(IGNORED)})")
+    out = {**DEFAULTS, **{k: v for k, v in args.items() if k in ACCEPTED}}
+    if str(out["dtype"]) not in DTYPES:
+        raise ReproError(f"model_args dtype={out['dtype']!r}; choose one of {', '.join(DTYPES)}")
+    return out
+
+
+class ReproLMM(lmms):
+    """lmms-eval model `repro`: `repro.load(model)` + `repro.method(method, budget, **options)`."""
+
+    is_simple = True
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__()
+        import repro
+
+        args = check_model_args(kwargs)
+        self.model_args = args
+        self.options = parse_options(args["options"])
+        self.method_name = None if _none(args["method"]) else str(args["method"])
+        self.budget = None if _none(args["budget"]) else str(args["budget"])
+        if self.method_name is None and (self.options or self.budget):
+            raise ReproError("model_args budget/options need a method (method=random, ...); "
+                             "method=none is the unpruned model")
+        # Build the method first: a bad method name or option fails before any weights load.
+        self.method = repro.method(self.method_name, self.budget, **self.options) if self.method_name else None
+        self.model = repro.load(str(args["model"]), dtype=str(args["dtype"]), device=str(args["device"]),
+                                attn_implementation=str(args["attn"]))
+        self._device = str(args["device"])
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string, additional_config=None):
+        """As lmms-eval's, but accepts a dict, and a `device` both in model_args and from lmms-eval
+        (the CLI's `--device`) when they agree instead of failing with a duplicate keyword."""
+        from lmms_eval import utils
+
+        args = dict(arg_string) if isinstance(arg_string, dict) else utils.simple_parse_args_string(arg_string or "")
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None}
+        if "device" in extra and "device" in args and str(extra["device"]) != str(args["device"]):
+            raise ReproError(f"device given twice: model_args device={args['device']} and --device {extra['device']}")
+        return cls(**{**extra, **args})
+
+    @classmethod
+    def create_from_arg_object(cls, arg_dict, additional_config=None):
+        return cls.create_from_arg_string(dict(arg_dict or {}), additional_config)
+
+    # ------------------------------------------------------------------ requests
+
+    def generate_until(self, requests) -> list[GenerationResult]:
+        from tqdm import tqdm
+
+        out = []
+        for req in tqdm(requests, disable=len(requests) < 2, desc="repro responding"):
+            context, gen_kwargs, doc_to_visual, doc_id, task, split = req.args
+            doc = self.task_dict[task][split][doc_id]
+            out.append(self.respond(context, self._images(doc_to_visual(doc), task), dict(gen_kwargs or {})))
+        return out
+
+    def generate_until_multi_round(self, requests):
+        return self.generate_until(requests)
+
+    def loglikelihood(self, requests):
+        raise NotImplementedError(
+            "the repro model answers generate_until requests only (the tiny tasks and the thirteen paper tasks "
+            "are all generate_until); loglikelihood tasks are not supported")
+
+    # ------------------------------------------------------------------ one sample
+
+    def respond(self, context: str, images: list[Image.Image], gen_kwargs: dict[str, Any]) -> GenerationResult:
+        if gen_kwargs.get("do_sample") or float(gen_kwargs.get("temperature") or 0) > 0 or \
+                int(gen_kwargs.get("num_beams") or 1) > 1:
+            raise ReproError(f"the repro model decodes greedily; the task asks for {gen_kwargs}")
+        until = gen_kwargs.get("until") or []
+        until = [until] if isinstance(until, str) else list(until)
+        max_new = int(gen_kwargs.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS)
+        result = self.model.generate(images, context, method=self.method, max_new_tokens=max_new, stop=until)
+        stats = result.stats.as_dict() if result.stats is not None else {}
+        record = {
+            "prompt_sha256": hashlib.sha256(result.prompt.encode("utf-8")).hexdigest(),
+            "model": self.model.name,
+            "method": self.method_name or "none",
+            "budget": self.budget,
+            "options": self.options,
+            "visual_tokens": stats.get("visual_tokens"),
+            "visual_tokens_per_layer": stats.get("visual_attention_tokens"),
+            "tflops": stats.get("tflops"),
+            "stats": stats,
+        }
+        counts = ReproTokenCounts(input_tokens=stats.get("n_tokens"), output_tokens=len(result.tokens), repro=record)
+        return GenerationResult(text=result.text, token_counts=counts)
+
+    @staticmethod
+    def _images(visuals: Any, task: str) -> list[Image.Image]:
+        visuals = [visuals] if isinstance(visuals, Image.Image) else list(visuals or [])
+        bad = [type(v).__name__ for v in visuals if not isinstance(v, Image.Image)]
+        if bad:
+            raise ReproError(f"task {task} gives non-image visuals ({', '.join(bad)}); the repro model takes images only")
+        return [v.convert("RGB") for v in visuals]

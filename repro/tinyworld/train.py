@@ -1,0 +1,665 @@
+"""Training `tinyworld-llava`: a LLaVA-1.5-shaped model trained from scratch on the tiny world.
+
+    python -m repro.tinyworld train --out DIR [--seed 0] [--steps N] ...
+
+The model is a transformers `LlavaForConditionalGeneration` (CLIP vision tower, two-layer GELU
+projector, Llama decoder) with 168 px images in 14 px patches: 144 visual tokens per image,
+`vision_feature_layer=-2` and the CLS-dropping "default" strategy, so it looks like LLaVA-1.5 to
+the methods. The tokenizer is a byte-level BPE trained in-process on the tiny world's training
+prompts, so prompts are short and answers are a few tokens followed by EOS.
+
+Training data are the train splits of every tiny task. Prompts are built exactly as lmms-eval
+builds them at evaluation time: the task's own `doc_to_text` (with its pre/post prompts), then the
+llava-hf chat template with the images first (what `Adapter.prepare` sends). The loss is on the
+answer tokens and EOS only. Everything is seeded (BPE corpus order, initialisation, data order);
+matmuls run under bf16 autocast (fast on CPUs with AMX/AVX512-BF16 and on GPUs) with fp32
+weights, and the weights are stored in fp16 (`save_dtype`).
+
+Progress is measured by teacher-forced exact match on the validation splits: an answer counts
+when every answer token and EOS is the argmax given the right prefix, which is exactly when greedy
+decoding returns the answer. The benchmark accuracies come from lmms-eval (`repro.eval`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import platform
+import random
+import re
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import ReproError
+from .scenes import COLOUR_NAMES, IMAGE_SIZE, PATCH_SIZE, SHAPES, WORDS
+
+log = logging.getLogger("repro.tinyworld.train")
+
+IGNORE = -100
+WEIGHTS_FORMAT = "repro-tinyworld-llava"
+N_VISUAL = (IMAGE_SIZE // PATCH_SIZE) ** 2
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines the trained weights (recorded in train_record.json)."""
+
+    seed: int = 0
+    steps: int = 2400
+    batch_size: int = 16
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.05
+    warmup: int = 100
+    weight_decay: float = 0.05
+    grad_clip: float = 1.0
+    precision: str = "bf16"  # autocast dtype of the matmuls: bf16 | fp32
+    vocab_size: int = 1024
+    vision_hidden: int = 192
+    vision_layers: int = 4
+    vision_heads: int = 3
+    vision_mlp: int = 768
+    text_hidden: int = 256
+    text_layers: int = 4
+    text_heads: int = 4
+    text_kv_heads: int = 4
+    text_mlp: int = 768
+    train_rows: int = 0  # rows per task (0: the whole train split)
+    task_weights: dict[str, float] = field(default_factory=dict)  # sampling weight per task key (default 1)
+    save_dtype: str = "float16"
+    vision_steps: int = 1500  # phase 1: vision tower + PatchHead alone on the labelled rows (0 = skip)
+    vision_batch: int = 32
+    patch_weight: float = 1.0  # weight of the training-only patch-attribute loss (PatchHead); 0 = off
+    attn_weight: float = 1.0  # weight of the attention hint (attention_hint_loss); 0 = off
+    attn_layers: str = "1,2,3"  # decoder layers whose first head gets the hint
+
+
+# ------------------------------------------------------------------ prompts and tokenizer
+
+
+def chat_prompt(n_images: int, text: str) -> str:
+    """The llava-hf chat prompt lmms-eval's chat classes send (and `Adapter.prepare` builds)."""
+    from repro.models.tiny import LLAVA_CHAT_TEMPLATE  # noqa: F401  (the template this mirrors)
+
+    return "USER: " + "<image>\n" * n_images + text + " ASSISTANT:"
+
+
+def task_objects(data_dir: Path, keys: list[str] | None = None) -> dict[str, Any]:
+    """key -> lmms-eval task object (validation variant); its `doc_to_text` builds the prompts."""
+    from lmms_eval.tasks import get_task_dict
+
+    from . import task_manager
+    from .suite import TASKS, VAL_SUFFIX
+
+    selected = [t for t in TASKS if keys is None or t.key in keys]
+    got = get_task_dict([t.name + VAL_SUFFIX for t in selected], task_manager(data_dir))
+    return {t.key: got[t.name + VAL_SUFFIX] for t in selected}
+
+
+@dataclass
+class Row:
+    task: str
+    index: int  # row in the task's split
+    n_images: int
+    prompt: str  # full chat prompt
+    answer: str
+    evidence: list[int] = field(default_factory=list)  # patches the answer depends on (see evidence_patches)
+    labels: dict[str, int] = field(default_factory=dict)  # attribute classes of those patches (patch_labels)
+
+
+SHAPE_FORMS = {"circle": ("circle", "circles"), "square": ("square", "squares"), "triangle": ("triangle", "triangles"),
+               "star": ("star", "stars"), "cross": ("cross", "crosses")}
+ATTRIBUTES = {"colour": COLOUR_NAMES, "shape": SHAPES, "word": WORDS}
+
+
+def patch_labels(question: str, answer: str, n_boxes: int) -> dict[str, int]:
+    """Attribute classes a row states about its evidence patches, read from its own text: the one
+    colour word and/or the one shape word in question + answer ("What color is the cross?" ->
+    "red": the cross's patches are red and a cross), and a sign word when it is the answer and
+    the evidence is one box. Nothing for "no" answers (their evidence may be a near miss) or
+    when the text names several colours or shapes (which box is which is unknown)."""
+    if answer.strip().lower() == "no" or n_boxes == 0:
+        return {}
+    words = re.findall(r"[a-z]+", f"{question} {answer}".lower())
+    colours = {c for c in COLOUR_NAMES if c in words}
+    shapes = {s for s, forms in SHAPE_FORMS.items() if any(f in words for f in forms)}
+    if len(colours) > 1 or len(shapes) > 1:
+        return {}
+    labels = {}
+    if colours:
+        labels["colour"] = COLOUR_NAMES.index(colours.pop())
+    if shapes:
+        labels["shape"] = SHAPES.index(shapes.pop())
+    if n_boxes == 1 and answer.strip().lower() in WORDS:
+        labels["word"] = WORDS.index(answer.strip().lower())
+    return labels
+
+
+def evidence_patches(boxes: list[list[int]], image_size: tuple[int, int]) -> list[int]:
+    """Patch indices (row-major, 12 x 12) that a box of the row's `evidence` covers: at least a
+    quarter of the patch, or the patch holding the box centre. Empty when the evidence covers more
+    than half the image (it then says nothing about where to look)."""
+    side = IMAGE_SIZE // PATCH_SIZE
+    sx, sy = IMAGE_SIZE / image_size[0], IMAGE_SIZE / image_size[1]
+    found: set[int] = set()
+    for x0, y0, x1, y1 in boxes:
+        x0, x1, y0, y1 = x0 * sx, x1 * sx, y0 * sy, y1 * sy
+        for r in range(side):
+            for c in range(side):
+                ox = min(x1, (c + 1) * PATCH_SIZE) - max(x0, c * PATCH_SIZE)
+                oy = min(y1, (r + 1) * PATCH_SIZE) - max(y0, r * PATCH_SIZE)
+                if ox > 0 and oy > 0 and ox * oy >= PATCH_SIZE * PATCH_SIZE / 4:
+                    found.add(r * side + c)
+        cx, cy = min(IMAGE_SIZE - 1, (x0 + x1) / 2), min(IMAGE_SIZE - 1, (y0 + y1) / 2)
+        found.add(int(cy // PATCH_SIZE) * side + int(cx // PATCH_SIZE))
+    return sorted(found) if len(found) <= side * side // 2 else []
+
+
+def _image_size(value: Any) -> tuple[int, int]:
+    import io
+
+    from PIL import Image
+
+    if isinstance(value, list):
+        value = value[0]
+    return Image.open(io.BytesIO(value["bytes"])).size
+
+
+def split_rows(data_dir: Path, tasks: dict[str, Any], split: str, cap: int = 0) -> tuple[list[Row], dict[str, Any]]:
+    """Every row of `split` (at most `cap` per task) with its prompt, and the datasets by task."""
+    from . import load_split
+
+    rows, datasets = [], {}
+    for key, task in tasks.items():
+        ds = load_split(data_dir, key, split)
+        if cap:
+            ds = ds.select(range(min(cap, len(ds))))
+        datasets[key] = ds
+        images = ds.data.column("image").to_pylist()
+        for i, doc in enumerate(ds.remove_columns(["image"])):
+            n_images = len(images[i]) if isinstance(images[i], list) else 1
+            evidence = evidence_patches(doc["evidence"], _image_size(images[i])) if n_images == 1 else []
+            answer = str(doc["target_text"])
+            labels = patch_labels(str(doc["question"]), answer, len(doc["evidence"])) if evidence else {}
+            rows.append(Row(key, i, n_images, chat_prompt(n_images, task.doc_to_text(doc)), answer, evidence, labels))
+    return rows, datasets
+
+
+def build_tokenizer(corpus: list[str], vocab_size: int):
+    """Byte-level BPE trained on `corpus` (deterministic), BOS prepended, llava-hf chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from repro.models.tiny import LLAVA_CHAT_TEMPLATE
+
+    specials = ["<s>", "</s>", "<pad>", "<image>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(corpus, trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B",
+                                                       special_tokens=[("<s>", tok.token_to_id("<s>"))])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   extra_special_tokens={"image_token": "<image>"})
+    fast.chat_template = LLAVA_CHAT_TEMPLATE
+    return fast
+
+
+def tokenizer_corpus(rows: list[Row]) -> list[str]:
+    """Prompts (image token removed) and answers, in a fixed order; answers also alone, as decoded."""
+    seen: set[str] = set()
+    corpus = []
+    for r in rows:
+        corpus.append(r.prompt.replace("<image>", ""))
+        if r.answer not in seen:
+            seen.add(r.answer)
+        corpus.append(r.answer)
+    return corpus
+
+
+# ------------------------------------------------------------------ model
+
+
+def build_model(cfg: TrainConfig, tok):
+    from transformers import (CLIPImageProcessorPil, CLIPVisionConfig, LlamaConfig, LlavaConfig,
+                              LlavaForConditionalGeneration, LlavaProcessor)
+
+    from repro.models.tiny import LLAVA_CHAT_TEMPLATE
+
+    vision = CLIPVisionConfig(hidden_size=cfg.vision_hidden, intermediate_size=cfg.vision_mlp,
+                              num_hidden_layers=cfg.vision_layers, num_attention_heads=cfg.vision_heads,
+                              image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, hidden_act="quick_gelu")
+    text = LlamaConfig(vocab_size=len(tok), hidden_size=cfg.text_hidden, intermediate_size=cfg.text_mlp,
+                       num_hidden_layers=cfg.text_layers, num_attention_heads=cfg.text_heads,
+                       num_key_value_heads=cfg.text_kv_heads, max_position_embeddings=1024, rms_norm_eps=1e-5,
+                       pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                       tie_word_embeddings=False)
+    config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=tok.convert_tokens_to_ids("<image>"),
+                         image_seq_length=N_VISUAL, vision_feature_layer=-2, vision_feature_select_strategy="default",
+                         projector_hidden_act="gelu")
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": IMAGE_SIZE},
+                                            crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tok, patch_size=PATCH_SIZE,
+                               vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                               chat_template=LLAVA_CHAT_TEMPLATE)
+    torch.manual_seed(cfg.seed)
+    model = LlavaForConditionalGeneration(config)
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.bos_token_id = tok.bos_token_id
+    return model, processor
+
+
+# ------------------------------------------------------------------ batches
+
+
+@dataclass
+class Encoded:
+    task: str
+    index: int
+    ids: list[int]  # prompt (image placeholders expanded), answer, EOS
+    n_prompt: int
+    evidence: list[int] = field(default_factory=list)
+    labels: dict[str, int] = field(default_factory=dict)
+
+
+def encode_rows(rows: list[Row], processor) -> list[Encoded]:
+    tok = processor.tokenizer
+    image = processor.image_token
+    n_image = processor.num_image_tokens if hasattr(processor, "num_image_tokens") else N_VISUAL
+    out = []
+    for r in rows:
+        prompt = tok(r.prompt.replace(image, image * n_image))["input_ids"]
+        answer = tok(r.answer, add_special_tokens=False)["input_ids"]
+        out.append(Encoded(r.task, r.index, prompt + answer + [tok.eos_token_id], len(prompt), r.evidence, r.labels))
+    return out
+
+
+class Batcher:
+    """Pads encoded rows into tensors and turns their images into pixel values."""
+
+    def __init__(self, processor, tasks: dict[str, Any], datasets: dict[str, Any]):
+        self.processor, self.tasks, self.datasets = processor, tasks, datasets
+        self.pad = processor.tokenizer.pad_token_id
+
+    def __call__(self, items: list[Encoded]) -> dict[str, torch.Tensor]:
+        width = max(len(e.ids) for e in items)
+        ids = torch.full((len(items), width), self.pad)
+        labels = torch.full((len(items), width), IGNORE)
+        mask = torch.zeros((len(items), width), dtype=torch.long)
+        images = []
+        for i, e in enumerate(items):
+            n = len(e.ids)
+            ids[i, :n] = torch.tensor(e.ids)
+            labels[i, e.n_prompt:n] = torch.tensor(e.ids[e.n_prompt:])
+            mask[i, :n] = 1
+            doc = self.datasets[e.task][e.index]
+            images.extend(self.tasks[e.task].doc_to_visual(doc))
+        pixels = self.processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels, "pixel_values": pixels}
+
+
+
+class PatchHead(torch.nn.Module):
+    """Training-only auxiliary heads (never saved) on the visual features LLaVA reads (the input of
+    the projector): linear classifiers of colour, shape and sign word, trained on the evidence
+    patches of rows whose text names those attributes (`patch_labels`). The answer loss alone
+    (one or two tokens per image) teaches a from-scratch vision tower shapes and glyphs very
+    slowly; this gives it dense supervision from the same rows."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.heads = torch.nn.ModuleDict({k: torch.nn.Linear(hidden, len(v)) for k, v in ATTRIBUTES.items()})
+        self.features: torch.Tensor | None = None
+
+    def attach(self, model) -> None:
+        def grab(_module, args):
+            self.features = args[0]
+
+        model.model.multi_modal_projector.register_forward_pre_hook(grab)
+
+    def loss(self, items: list[Encoded]) -> torch.Tensor:
+        feats = self.features  # (images, patches, hidden)
+        total = feats.new_zeros((), dtype=torch.float32)
+        if feats.shape[0] != len(items):  # some row has several images: rows and images do not align
+            return total
+        for kind, head in self.heads.items():
+            rows, patches, classes = [], [], []
+            for i, e in enumerate(items):
+                if kind in e.labels:
+                    rows += [i] * len(e.evidence)
+                    patches += e.evidence
+                    classes += [e.labels[kind]] * len(e.evidence)
+            if rows:
+                logits = head(feats[torch.tensor(rows), torch.tensor(patches)].float())
+                total = total + torch.nn.functional.cross_entropy(logits, torch.tensor(classes, device=logits.device))
+        return total
+
+
+def attention_hint_loss(attentions, input_ids: torch.Tensor, image_token: int, items: list[Encoded],
+                        layers: list[int]) -> torch.Tensor:
+    """Training-only hint: in the given decoder layers, the first attention head of the last prompt
+    position (the one that predicts the answer) should put its mass on the row's evidence patches.
+    -log(attention mass on the evidence), averaged over rows with evidence and layers. The other
+    heads are free; it only shows the decoder where to read from, which the answer loss alone
+    discovers very slowly when the vision tower is learned from scratch."""
+    rows = [i for i, e in enumerate(items) if e.evidence]
+    total = attentions[0].new_zeros((), dtype=torch.float32)
+    if not rows:
+        return total
+    for layer in layers:
+        weights = attentions[layer]
+        for i in rows:
+            visual = (input_ids[i] == image_token).nonzero().flatten()[:N_VISUAL]
+            mass = weights[i, 0, items[i].n_prompt - 1, visual[items[i].evidence]].float().sum()
+            total = total - mass.clamp_min(1e-6).log()
+    return total / (len(rows) * len(layers))
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return torch.autocast(device.type, enabled=False)
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    raise ReproError(f"precision must be bf16 or fp32, not {precision!r}")
+
+
+@torch.no_grad()
+def teacher_forced(model, batcher: Batcher, items: list[Encoded], *, batch_size: int, device, precision: str) -> dict:
+    """Per task: exact match (all answer tokens and EOS argmax-correct) and mean answer log-prob."""
+    model.eval()
+    hits: dict[str, list[float]] = {}
+    logp: dict[str, list[float]] = {}
+    for start in range(0, len(items), batch_size):
+        chunk = items[start:start + batch_size]
+        batch = {k: v.to(device) for k, v in batcher(chunk).items()}
+        labels = batch.pop("labels")
+        with autocast(device, precision):
+            logits = model(**batch).logits.float()
+        pred = logits[:, :-1].argmax(-1)
+        target = labels[:, 1:]
+        lp = logits[:, :-1].log_softmax(-1).gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        valid = target != IGNORE
+        for i, e in enumerate(chunk):
+            v = valid[i]
+            hits.setdefault(e.task, []).append(float(bool((pred[i][v] == target[i][v]).all())))
+            logp.setdefault(e.task, []).append(float(lp[i][v].sum()))
+    model.train()
+    return {k: {"exact_match": sum(v) / len(v), "answer_logprob": sum(logp[k]) / len(v), "n": len(v)}
+            for k, v in hits.items()}
+
+
+# ------------------------------------------------------------------ training
+
+
+def lr_at(step: int, cfg: TrainConfig, steps: int | None = None) -> float:
+    steps = cfg.steps if steps is None else steps
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, steps - cfg.warmup)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def pretrain_vision(model, head: "PatchHead", labelled: list[Encoded], batcher: Batcher, cfg: TrainConfig,
+                    rng: random.Random, dev: torch.device) -> None:
+    """Phase 1: the vision tower and PatchHead alone (no decoder, about a third of the cost of a
+    full step) learn colour, shape and sign words on the evidence patches of the labelled rows.
+    A from-scratch ViT learns shapes slowly; this spends the first minutes where it is cheapest."""
+    tower = model.model.vision_tower
+    layer = model.config.vision_feature_layer
+    params = list(tower.parameters()) + list(head.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-8, weight_decay=cfg.weight_decay)
+    order: list[int] = []
+    t0, avg = time.perf_counter(), None
+    for step in range(cfg.vision_steps):
+        if len(order) < cfg.vision_batch:
+            order += rng.sample(range(len(labelled)), len(labelled))
+        idx, order = order[:cfg.vision_batch], order[cfg.vision_batch:]
+        items = [labelled[i] for i in idx]
+        pixels = batcher.processor.image_processor(
+            images=[im for e in items for im in batcher.tasks[e.task].doc_to_visual(batcher.datasets[e.task][e.index])],
+            return_tensors="pt")["pixel_values"].to(dev)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg, cfg.vision_steps)
+        with autocast(dev, cfg.precision):
+            head.features = tower(pixels, output_hidden_states=True).hidden_states[layer][:, 1:]
+            loss = head.loss(items)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        avg = float(loss) if avg is None else 0.98 * avg + 0.02 * float(loss)
+        if step % 50 == 0:
+            log.info("vision step %d patch loss %.3f %.0fs", step, avg, time.perf_counter() - t0)
+
+
+def _order(encoded: list[Encoded], cfg: TrainConfig, rng: random.Random) -> list[int]:
+    """One pass over the training rows, each task repeated/subsampled by its weight, shuffled."""
+    by_task: dict[str, list[int]] = {}
+    for i, e in enumerate(encoded):
+        by_task.setdefault(e.task, []).append(i)
+    order = []
+    for key, idx in by_task.items():
+        w = cfg.task_weights.get(key, 1.0)
+        whole, frac = int(w), w - int(w)
+        order += idx * whole + rng.sample(idx, round(frac * len(idx)))
+    rng.shuffle(order)
+    return order
+
+
+def _param_groups(model, cfg: TrainConfig):
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim < 2 or "norm" in name or "embedding" in name else decay).append(p)
+    return [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def train(cfg: TrainConfig, out: Path, *, data_dir: Path, device: str = "cpu", threads: int | None = None,
+          eval_every: int = 250, eval_rows: int = 48, command: str = "") -> dict:
+    """Train, save to `out` (fp16 safetensors + processor + SHA256SUMS + train_record.json); the record."""
+    t_start = time.perf_counter()
+    if threads:
+        torch.set_num_threads(threads)
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    dev = torch.device(device)
+
+    tasks = task_objects(data_dir)
+    train_rows, train_ds = split_rows(data_dir, tasks, "train", cfg.train_rows)
+    val_rows, val_ds = split_rows(data_dir, tasks, "validation")
+    tok = build_tokenizer(tokenizer_corpus(train_rows), cfg.vocab_size)
+    model, processor = build_model(cfg, tok)
+    _check_prompt_encoding(processor, tasks, train_ds, train_rows)
+    train_enc, val_enc = encode_rows(train_rows, processor), encode_rows(val_rows, processor)
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("rows: train %d, validation %d; vocab %d; params %.2fM; prompt tokens mean %.1f max %d (+%d visual)",
+             len(train_enc), len(val_enc), len(tok), n_params / 1e6,
+             sum(e.n_prompt for e in train_enc) / len(train_enc) - N_VISUAL,
+             max(e.n_prompt for e in train_enc) - N_VISUAL, N_VISUAL)
+    train_batcher, val_batcher = Batcher(processor, tasks, train_ds), Batcher(processor, tasks, val_ds)
+    rng = random.Random(f"tinyworld-llava/{cfg.seed}")
+    monitor = [e for key in tasks for e in [v for v in val_enc if v.task == key][:eval_rows]]
+
+    model.to(dev).train()
+    head = PatchHead(cfg.vision_hidden).to(dev) if cfg.patch_weight > 0 else None
+    hint_layers = [int(x) for x in cfg.attn_layers.split(",")] if cfg.attn_weight > 0 else []
+    if hint_layers:  # attention weights are needed: eager attention in the decoder while training
+        model.set_attn_implementation({"text_config": "eager", "vision_config": "sdpa"})
+    if head is not None:
+        labelled = [e for e in train_enc if e.labels]
+        log.info("patch labels on %d of %d training rows", len(labelled), len(train_enc))
+        if cfg.vision_steps:
+            pretrain_vision(model, head, labelled, train_batcher, cfg, rng, dev)
+        head.attach(model)
+    groups = _param_groups(model, cfg) + ([{"params": list(head.parameters()), "weight_decay": 0.0}] if head else [])
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-8)
+    order: list[int] = []
+    history = []
+    t_train = time.perf_counter()
+    loss_avg = None
+    aux_avg = hint_avg = 0.0
+    for step in range(cfg.steps):
+        if len(order) < cfg.batch_size:
+            order += _order(train_enc, cfg, rng)
+        idx, order = order[:cfg.batch_size], order[cfg.batch_size:]
+        items = [train_enc[i] for i in idx]
+        batch = {k: v.to(dev) for k, v in train_batcher(items).items()}
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg)
+        with autocast(dev, cfg.precision):
+            fwd = model(**batch, output_attentions=bool(hint_layers))
+            loss = fwd.loss
+            if head is not None:
+                aux = head.loss(items)
+                aux_avg = float(aux) if step == 0 else 0.98 * aux_avg + 0.02 * float(aux)
+                loss = loss + cfg.patch_weight * aux
+            if hint_layers:
+                hint = attention_hint_loss(fwd.attentions, batch["input_ids"], model.config.image_token_id, items,
+                                           hint_layers)
+                hint_avg = float(hint) if step == 0 else 0.98 * hint_avg + 0.02 * float(hint)
+                loss = loss + cfg.attn_weight * hint
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        loss_avg = float(fwd.loss) if loss_avg is None else 0.98 * loss_avg + 0.02 * float(fwd.loss)
+        if step % 25 == 0:
+            log.info("step %d loss %.4f%s lr %.2e %.0fs", step, loss_avg,
+                     (f" patch {aux_avg:.3f}" if head is not None else "")
+                     + (f" hint {hint_avg:.3f}" if hint_layers else ""), lr_at(step, cfg),
+                     time.perf_counter() - t_train)
+        if eval_every and ((step + 1) % eval_every == 0 or step + 1 == cfg.steps):
+            res = teacher_forced(model, val_batcher, monitor, batch_size=64, device=dev, precision=cfg.precision)
+            mean = sum(r["exact_match"] for r in res.values()) / len(res)
+            history.append({"step": step + 1, "seconds": round(time.perf_counter() - t_train, 1),
+                            "loss": round(loss_avg, 4), "mean_exact_match": round(mean, 4),
+                            "exact_match": {k: round(r["exact_match"], 3) for k, r in res.items()}})
+            log.info("eval step %d mean %.3f %s", step + 1, mean,
+                     " ".join(f"{k}={r['exact_match']:.2f}" for k, r in res.items()))
+    train_seconds = time.perf_counter() - t_train
+    model.set_attn_implementation("sdpa")
+
+    record = save(model, processor, out, cfg)
+    reloaded, _ = load_trained(out)  # what users get: stored weights, upcast to fp32
+    final = teacher_forced(reloaded, val_batcher, val_enc, batch_size=64, device=torch.device("cpu"), precision="fp32")
+    record.update({
+        "command": command,
+        "config": asdict(cfg),
+        "params": n_params,
+        "device": device,
+        "threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+        "versions": _versions(),
+        "train_seconds": round(train_seconds, 1),
+        "total_seconds": round(time.perf_counter() - t_start, 1),
+        "history": history,
+        "validation_teacher_forced": {k: {kk: round(vv, 4) if isinstance(vv, float) else vv for kk, vv in r.items()}
+                                      for k, r in final.items()},
+    })
+    (out / "train_record.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return record
+
+
+def _check_prompt_encoding(processor, tasks, datasets, rows: list[Row]) -> None:
+    """The training ids of the first row of each task equal what the processor makes of (images, prompt)."""
+    done = set()
+    for r in rows:
+        if r.task in done:
+            continue
+        done.add(r.task)
+        images = tasks[r.task].doc_to_visual(datasets[r.task][r.index])
+        want = processor(images=images, text=r.prompt, return_tensors="pt")["input_ids"][0].tolist()
+        got = encode_rows([r], processor)[0]
+        if got.ids[:got.n_prompt] != want:
+            raise AssertionError(f"training prompt ids differ from the processor's for {r.task}")
+
+
+def _versions() -> dict[str, str]:
+    import tokenizers
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "tokenizers": tokenizers.__version__}
+
+
+# ------------------------------------------------------------------ saving and checksums
+
+CHECKSUMS = "SHA256SUMS"
+
+
+def save(model, processor, out: Path, cfg: TrainConfig) -> dict:
+    """Weights in `cfg.save_dtype`, processor files, and SHA256SUMS over every file needed to load."""
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.iterdir():
+        if stale.is_file():
+            stale.unlink()
+    dtype = getattr(torch, cfg.save_dtype)
+    model_cpu = model.to("cpu")
+    state = {k: v.detach().clone() for k, v in model_cpu.state_dict().items()}
+    model_cpu.to(dtype)
+    model_cpu.save_pretrained(out)
+    model_cpu.load_state_dict(state)
+    model_cpu.float()
+    processor.save_pretrained(out)
+    from .weights import write_checksums
+
+    write_checksums(out)
+    return {"format": WEIGHTS_FORMAT, "save_dtype": cfg.save_dtype}
+
+
+def load_trained(path: Path, check: bool = True):
+    """Reload a saved checkpoint as fp32 (checksums first): (hf model, processor)."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from .weights import verify_checksums
+
+    if check:
+        verify_checksums(path)
+    hf = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32)
+    return hf.eval(), AutoProcessor.from_pretrained(path)
+
+
+# ------------------------------------------------------------------ command line
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="output directory of the checkpoint")
+    p.add_argument("--data-dir", default=None, help="tiny-world data (default: the per-user cache; built if absent)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--eval-every", type=int, default=250)
+    p.add_argument("--eval-rows", type=int, default=48, help="validation rows per task for the progress monitor")
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.name == "task_weights":
+            p.add_argument(flag, default=None, help="JSON object: sampling weight per task key")
+        else:
+            p.add_argument(flag, type=type(f.default), default=f.default)
+
+
+def run(args: argparse.Namespace, argv: list[str]) -> int:
+    from . import build as build_suite, default_data_dir, verify
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
+    values = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}
+    values["task_weights"] = json.loads(args.task_weights) if args.task_weights else {}
+    cfg = TrainConfig(**values)
+    data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
+    try:
+        verify(data_dir)
+    except ReproError:
+        build_suite(data_dir, seed=0)  # the default suite (the one the checkpoint is trained on)
+    command = "python -m repro.tinyworld train " + " ".join(shlex.quote(a) for a in argv)
+    record = train(cfg, Path(args.out), data_dir=data_dir, device=args.device, threads=args.threads,
+                   eval_every=args.eval_every, eval_rows=args.eval_rows, command=command)
+    print(json.dumps({k: record[k] for k in ("train_seconds", "params")}))
+    return 0

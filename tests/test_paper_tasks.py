@@ -1,0 +1,111 @@
+"""The paper task set pointed at staged local data: override YAMLs over the official ones, scored
+by lmms-eval's own code (MMBench statically, no API), on small fake parquet files staged offline
+(tiny-world rows carry the official columns)."""
+
+from __future__ import annotations
+
+import shutil
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from repro import tinyworld as tw
+from repro.errors import ReproError
+from repro.eval import tasks as pt
+
+STAGE = {  # paper task -> (tiny key, path under STAGED/<task>/ as the hub lays it out)
+    "pope": ("pope", "data/test-00000-of-00001.parquet"),
+    "textvqa_val": ("textvqa", "data/validation-00000-of-00001.parquet"),
+    "ocrbench": ("ocrbench", "data/test-00000-of-00001.parquet"),
+    "mmbench_en_dev": ("mmbench", "en/dev-00000-of-00001.parquet"),
+    "mmbench_cn_dev": ("mmbench_cn", "cn/dev-00000-of-00001.parquet"),
+}
+
+
+def test_thirteen_paper_tasks_name_installed_yamls():
+    from repro.tinyworld.yamls import lmms_eval_tasks_dir
+
+    names = [t.name for t in pt.PAPER_TASKS]
+    assert names == ["textvqa_val", "vqav2_val", "gqa", "vizwiz_vqa_val", "scienceqa_img", "seedbench", "mme", "pope",
+                     "mmbench_en_dev", "mmbench_cn_dev", "ai2d", "chartqa", "ocrbench"]
+    for t in pt.PAPER_TASKS:
+        assert (lmms_eval_tasks_dir() / t.include).is_file(), t.include
+
+
+@pytest.fixture(scope="module")
+def staged(tmp_path_factory):
+    root = tmp_path_factory.mktemp("paper")
+    data = root / "tiny"
+    keys = sorted({k for k, _ in STAGE.values()} | {"gqa"})
+    tw.build(data, seed=0, sizes=tw.SplitSizes(train=1, validation=1, test=8), tasks=keys)
+    out = root / "staged"
+    for task, (key, rel) in STAGE.items():
+        (out / task / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(tw.split_path(data, key, "test"), out / task / rel)
+    table = pq.read_table(tw.split_path(data, "gqa", "test"))  # GQA: questions and images apart
+    (out / "gqa" / "testdev_balanced_instructions").mkdir(parents=True)
+    pq.write_table(table.drop_columns(["image"]), out / "gqa" / "testdev_balanced_instructions" / "testdev-0.parquet")
+    (out / "gqa_images").mkdir()
+    pq.write_table(table.select(["imageId", "image"]).rename_columns(["id", "image"]),
+                   out / "gqa_images" / "testdev-0.parquet")
+    return out
+
+
+NAMES = [*STAGE, "gqa"]
+
+
+def test_override_yamls_include_the_official_ones(staged, tmp_path):
+    written = pt.write_task_folder(staged, tmp_path, NAMES)
+    assert sorted(p.name for p in written) == sorted([f"{pt.paper_task(n).task}.yaml" for n in NAMES] + ["_repro_paper.yaml"])
+    text = (tmp_path / "pope.yaml").read_text()
+    cfg = yaml.safe_load(text)
+    assert cfg["include"].endswith("lmms_eval/tasks/pope/pope.yaml") and cfg["dataset_path"] == "parquet"
+    assert cfg["dataset_kwargs"]["data_files"]["test"][0].endswith("pope/data/test-00000-of-00001.parquet")
+    assert "!function 'repro_paper_utils.mmbench_cn_aggregate_static'" in (tmp_path / "mmbench_cn_dev_static.yaml").read_text()
+    assert "dataset_name: null" in (tmp_path / "gqa.yaml").read_text()
+
+
+def test_oracle_scores_perfectly_offline(staged, tmp_path, monkeypatch):
+    import datasets
+    from lmms_eval import evaluator
+    from lmms_eval.api.model import lmms
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.chdir(tmp_path)
+
+    class Oracle(lmms):
+        def generate_until(self, requests):
+            return [self.task_dict[t][s][d]["target_text"] for _, _, _, d, t, s in (r.args for r in requests)]
+
+        def generate_until_multi_round(self, requests):
+            return self.generate_until(requests)
+
+        def loglikelihood(self, requests):
+            raise NotImplementedError
+
+    tm = pt.task_manager(staged, tmp_path / "tasks", NAMES)
+    res = evaluator.simple_evaluate(model=Oracle(), tasks=[pt.GROUP], task_manager=tm, bootstrap_iters=0)["results"]
+    assert res["pope"]["pope_f1_score,none"] == 1.0
+    assert res["textvqa_val"]["exact_match,none"] == 1.0
+    assert res["ocrbench"]["ocrbench_accuracy,none"] == 1.0
+    assert res["gqa"]["exact_match,none"] == 1.0  # questions joined with the staged image set
+    assert res["mmbench_en_dev_static"]["gpt_eval_score,none"] == 100.0
+    assert res["mmbench_cn_dev_static"]["gpt_eval_score,none"] == 100.0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "tasks"]  # no submission files
+
+
+def test_missing_and_corrupt_staged_data(staged, tmp_path):
+    with pytest.raises(ReproError, match=r"no staged data for vqav2_val .*hf download lmms-lab/VQAv2"):
+        pt.verify_staged(staged, ["vqav2_val"])
+    bad = tmp_path / "staged"
+    shutil.copytree(staged / "pope", bad / "pope")
+    (bad / "pope" / "data" / "test-00000-of-00001.parquet").write_bytes(b"not parquet")
+    with pytest.raises(ReproError, match=r"test-00000-of-00001.parquet is not a readable parquet file"):
+        pt.task_manager(bad, tmp_path / "tasks", ["pope"])
+
+
+def test_unknown_paper_task():
+    with pytest.raises(ReproError, match="the paper profile has: textvqa_val"):
+        pt.paper_task("textvqa")

@@ -1,0 +1,121 @@
+"""The shipped `tinyworld-llava` checkpoint: checksums at load, from_pretrained round trip, shape
+of the model the methods see, and accuracy falling as random visual tokens are removed."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+import repro
+from repro import tinyworld as tw
+from repro.errors import ReproError
+from repro.models import shipped
+from repro.tinyworld.weights import verify_checksums
+
+WEIGHTS = shipped.SHIPPED["tinyworld-llava"]
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    return repro.load("tinyworld-llava")
+
+
+def test_shipped_files_are_small_and_checksummed():
+    files = {p.name: p.stat().st_size for p in WEIGHTS.iterdir()}
+    assert {"model.safetensors", "config.json", "tokenizer.json", "SHA256SUMS", "train_record.json"} <= set(files)
+    assert sum(files.values()) <= 20 * 2**20
+    verify_checksums(WEIGHTS)
+
+
+def test_looks_like_llava_15(model):
+    cfg = model.hf.config
+    assert type(model.hf).__name__ == "LlavaForConditionalGeneration"
+    assert cfg.vision_config.model_type == "clip_vision_model" and cfg.text_config.model_type == "llama"
+    assert cfg.vision_feature_layer == -2 and cfg.vision_feature_select_strategy == "default"
+    assert (cfg.vision_config.image_size // cfg.vision_config.patch_size) ** 2 == 144 == cfg.image_seq_length
+    assert model.hf.dtype == torch.float32  # fp16 on disk, upcast at load
+    prepared = model.prepare(_blank(), "Is there a red circle in the image?")
+    assert prepared.prompt.startswith("USER: <image>\nIs there") and prepared.prompt.endswith(" ASSISTANT:")
+    assert int((prepared.input_ids == cfg.image_token_id).sum()) == 144
+
+
+def _blank():
+    from PIL import Image
+
+    return Image.new("RGB", (tw.IMAGE_SIZE, tw.IMAGE_SIZE), (240, 240, 240))
+
+
+def test_from_pretrained_round_trip(model, tmp_path):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model.hf.save_pretrained(tmp_path)
+    model.processor.save_pretrained(tmp_path)
+    again = AutoModelForImageTextToText.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    processor = AutoProcessor.from_pretrained(tmp_path)
+    inputs = processor(images=[_blank()], text=model.prepare(_blank(), "What color is the star?").prompt,
+                       return_tensors="pt")
+    with torch.no_grad():
+        a, b = model.hf(**inputs).logits, again(**inputs).logits
+    assert torch.equal(a, b)
+    assert processor.tokenizer.chat_template == model.processor.tokenizer.chat_template
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "missing", "no_sums"])
+def test_damaged_checkpoint_is_refused_with_the_fix(tmp_path, monkeypatch, damage):
+    copy = tmp_path / "tinyworld-llava"
+    shutil.copytree(WEIGHTS, copy)
+    if damage == "corrupt":
+        with open(copy / "model.safetensors", "r+b") as f:
+            f.seek(-100, 2)
+            byte = f.read(1)
+            f.seek(-100, 2)
+            f.write(bytes([byte[0] ^ 0xFF]))
+    elif damage == "missing":
+        (copy / "tokenizer.json").unlink()
+    else:
+        (copy / "SHA256SUMS").unlink()
+    monkeypatch.setitem(shipped.SHIPPED, "tinyworld-llava", copy)
+    with pytest.raises(ReproError) as err:
+        repro.load("tinyworld-llava")
+    msg = str(err.value)
+    assert "python -m repro.tinyworld train --out" in msg
+    if damage != "no_sums":
+        assert ("model.safetensors (checksum mismatch)" if damage == "corrupt" else "tokenizer.json (missing)") in msg
+
+
+def test_unknown_name_lists_tinyworld_llava():
+    with pytest.raises(ReproError, match="tinyworld-llava"):
+        repro.load("tinyworld-lava")
+
+
+@pytest.fixture(scope="module")
+def val_rows(tmp_path_factory):
+    """Validation rows of yes/no and short-answer tasks, with their lmms-eval prompts."""
+    from repro.tinyworld.train import task_objects
+
+    data = tmp_path_factory.mktemp("tw_val")
+    keys = ["pope", "vqav2", "gqa", "easyvqa"]
+    tw.build(data, seed=0, sizes=tw.SplitSizes(train=2, validation=24, test=2), tasks=keys)
+    tasks = task_objects(data, keys)
+    rows = []
+    for key in keys:
+        for doc in tw.load_split(data, key, "validation"):
+            rows.append((tasks[key].doc_to_visual(doc), tasks[key].doc_to_text(doc), doc["target_text"]))
+    return rows
+
+
+@pytest.mark.xfail(strict=True, reason="the shipped tinyworld-llava is a 30-step smoke checkpoint: training to the "
+                   "issue-4 targets is unfinished; strict, so a trained checkpoint turns this into a failure to remove")
+def test_accuracy_falls_when_random_visual_tokens_are_dropped(model, val_rows):
+    def accuracy(keep: float) -> float:
+        method = repro.method("random", keep=keep, seed=0) if keep < 1 else None
+        hits = [model.generate(images, text, method=method, max_new_tokens=4).text.strip().lower() == answer.lower()
+                for images, text, answer in val_rows]
+        return sum(hits) / len(hits)
+
+    full, tenth = accuracy(1.0), accuracy(0.1)
+    assert full >= 0.7, full
+    assert tenth <= full - 0.1, (full, tenth)
