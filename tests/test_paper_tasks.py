@@ -93,7 +93,7 @@ def test_oracle_scores_perfectly_offline(staged, tmp_path, monkeypatch):
     assert res["gqa"]["exact_match,none"] == 1.0  # questions joined with the staged image set
     assert res["mmbench_en_dev_static"]["gpt_eval_score,none"] == 100.0
     assert res["mmbench_cn_dev_static"]["gpt_eval_score,none"] == 100.0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "tasks"]  # no submission files
+    assert {p.name for p in tmp_path.iterdir()} <= {"hf", "tasks"}  # no submission files (hf: cache, order-dependent)
 
 
 def test_missing_and_corrupt_staged_data(staged, tmp_path):
