@@ -96,7 +96,9 @@ class ReproLMM(lmms):
 
     is_simple = True
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, *, loaded_model: Any = None, **kwargs: Any) -> None:
+        """`loaded_model`: an already loaded `repro.Model` for `model` (the sweep runner loads each
+        model once and builds one instance per method); otherwise `model` is loaded here."""
         super().__init__()
         import repro
 
@@ -110,8 +112,9 @@ class ReproLMM(lmms):
                              "method=none is the unpruned model")
         # Build the method first: a bad method name or option fails before any weights load.
         self.method = repro.method(self.method_name, self.budget, **self.options) if self.method_name else None
-        self.model = repro.load(str(args["model"]), dtype=str(args["dtype"]), device=str(args["device"]),
-                                attn_implementation=str(args["attn"]))
+        self.model = loaded_model if loaded_model is not None else repro.load(
+            str(args["model"]), dtype=str(args["dtype"]), device=str(args["device"]),
+            attn_implementation=str(args["attn"]))
         self._device = str(args["device"])
 
     @classmethod

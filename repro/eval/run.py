@@ -83,8 +83,12 @@ def task_manager_for(data_dir: Path | str | None = None, *, staged: Path | str |
 
 def evaluate(model_args: str | dict[str, Any], tasks: list[str] | str, *, data_dir: Path | str | None = None,
              staged: Path | str | None = None, include_path: Path | str | None = None, limit: int | float | None = None,
-             output_dir: Path | str | None = None, log_samples: bool = True, task_manager=None) -> dict[str, Any]:
+             output_dir: Path | str | None = None, log_samples: bool = True, task_manager=None, lm=None,
+             seed: int = 0) -> dict[str, Any]:
     """Run lmms-eval's `simple_evaluate` with `--model repro` and return its results dict.
+
+    `lm`: a ready `ReproLMM` built from the same `model_args` (reused across calls: the model is
+    loaded once). `seed` sets lmms-eval's seeds (python `seed`, numpy/torch/fewshot `1234 + seed`).
 
     `output_dir` (optional) receives `results.json` (everything but the samples) and one
     `samples_<task>.jsonl` per task (each line one sample log, with the repro record under
@@ -105,9 +109,10 @@ def evaluate(model_args: str | dict[str, Any], tasks: list[str] | str, *, data_d
     check_model_args(simple_parse_args_string(args))  # unknown keys fail before lmms-eval starts
     ensure_registered()
     t0 = time.perf_counter()
-    results = evaluator.simple_evaluate(model="repro", model_args=args, tasks=tasks, task_manager=tm, limit=limit,
-                                        batch_size=1, log_samples=log_samples, random_seed=0, numpy_random_seed=1234,
-                                        torch_random_seed=1234, fewshot_random_seed=1234)
+    results = evaluator.simple_evaluate(model=lm if lm is not None else "repro", model_args=args, tasks=tasks,
+                                        task_manager=tm, limit=limit, batch_size=1, log_samples=log_samples,
+                                        random_seed=seed, numpy_random_seed=1234 + seed,
+                                        torch_random_seed=1234 + seed, fewshot_random_seed=1234 + seed)
     if results is None:
         raise ReproError("lmms-eval returned no results (not the main process?)")
     results["repro"] = {"model_args": args, "tasks": tasks, "limit": limit, "seconds": round(time.perf_counter() - t0, 2)}

@@ -1,0 +1,243 @@
+"""Executors: evaluate a list of cells into a store.
+
+`run_cells` is the worker: it loads each model once, builds one lmms-eval model instance per
+(method, budget, seed) row, runs every task of the row through `repro.eval.evaluate`, and writes
+one record per cell. It skips finished cells, recomputes corrupt ones, and takes a per-cell lock so
+two workers on one store never compute the same cell at once (a locked cell is retried at the end,
+after the other worker has written it). The in-process executor calls it directly; the SLURM
+executor submits it through submitit, one job per group of rows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from repro.runner.spec import UNPRUNED, Cell
+from repro.runner.store import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where the tasks' data live: the tiny world (`data_dir`, default cache) or staged paper data."""
+
+    profile: str = "tiny"
+    data_dir: str | None = None
+    staged: str | None = None
+
+    def task_manager(self):
+        from repro.eval.run import task_manager_for
+
+        if self.profile == "tiny":
+            from repro import tinyworld
+
+            data_dir = Path(self.data_dir) if self.data_dir else tinyworld.default_data_dir()
+            tinyworld.build(data_dir)
+            return task_manager_for(data_dir)
+        return task_manager_for(staged=self.staged)
+
+
+@dataclass
+class Outcome:
+    computed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    recomputed: list[str] = field(default_factory=list)
+
+
+def _json_default(o: Any):
+    from PIL import Image
+
+    if isinstance(o, Image.Image):
+        return f"<image {o.size[0]}x{o.size[1]}>"
+    from lmms_eval.utils import handle_non_serializable
+
+    return handle_non_serializable(o)
+
+
+def _plain(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=_json_default))
+
+
+def budget_stats(samples: list[dict]) -> dict:
+    """Realized TFLOPs and token statistics over a cell's sample logs."""
+    import numpy as np
+
+    recs = [s["token_counts"][0]["repro"] for s in samples if s.get("token_counts")]
+    if not recs:
+        return {}
+    paper = np.array([r["tflops"]["paper"] for r in recs])
+    exact = np.array([r["tflops"]["exact"] for r in recs])
+    stats = [r["stats"] for r in recs]
+    per_layer = {k: np.mean([s[k] for s in stats], axis=0).tolist()
+                 for k in ("visual_attention_tokens", "visual_mlp_tokens", "visual_kv_tokens") if k in stats[0]}
+    return {"samples": len(recs), "tflops_paper": {"mean": float(paper.mean()), "min": float(paper.min()),
+                                                   "max": float(paper.max())},
+            "tflops_exact_mean": float(exact.mean()),
+            "probe_tflops_mean": float(np.mean([s.get("probe_tflops", 0.0) for s in stats])),
+            "n_tokens_mean": float(np.mean([s["n_tokens"] for s in stats])),
+            "visual_tokens_mean": float(np.mean([s["visual_tokens"] for s in stats])),
+            "visual_tokens_per_layer_mean": per_layer, "dead_ops": sorted({s.get("dead_ops", "") for s in stats})}
+
+
+class _Worker:
+    """State of one `run_cells` call: loaded models, lmms-eval instances, the task manager."""
+
+    def __init__(self, store: Store, source: DataSource, commit: str, budgets: dict[str, list[str]]):
+        self.store, self.source, self.commit, self.budgets = store, source, commit, budgets
+        self.models: dict[tuple, Any] = {}
+        self.lms: dict[tuple, Any] = {}
+        self._tm = None
+
+    @property
+    def tm(self):
+        if self._tm is None:
+            self._tm = self.source.task_manager()
+        return self._tm
+
+    def model(self, cell: Cell):
+        key = (cell.model, cell.dtype, cell.attn, cell.device)
+        if key not in self.models:
+            import repro
+
+            self.models.clear(), self.lms.clear()  # one model in memory at a time
+            self.models[key] = repro.load(cell.model, dtype=cell.dtype, device=cell.device,
+                                          attn_implementation=cell.attn)
+        return self.models[key]
+
+    def lm(self, cell: Cell):
+        if cell.group not in self.lms:
+            from repro.eval.lmms_model import ReproLMM
+            from repro.runner.artifacts import runtime_options
+
+            options = runtime_options(cell, self.store, self.budgets.get(cell.model, []), lambda: self.model(cell))
+            args = self.model_args(cell, options)
+            self.lms[cell.group] = (ReproLMM(loaded_model=self.model(cell), **args), args)
+        return self.lms[cell.group]
+
+    @staticmethod
+    def model_args(cell: Cell, options: dict) -> dict:
+        args = {"model": cell.model, "dtype": cell.dtype, "attn": cell.attn, "device": cell.device}
+        if cell.method != UNPRUNED:
+            args.update(method=cell.method, options=options)
+            if cell.budget:
+                args["budget"] = cell.budget
+        return args
+
+    def compute(self, cell: Cell) -> dict:
+        from repro.eval.run import evaluate
+        from repro.runner import benchmarks
+        from repro.runner.provenance import provenance
+
+        lm, args = self.lm(cell)
+        t0 = time.perf_counter()
+        res = evaluate(args, [cell.task], task_manager=self.tm, limit=cell.limit, lm=lm, seed=cell.seed)
+        seconds = time.perf_counter() - t0
+        samples = _plain(res.get("samples", {}).get(cell.task, []))
+        raw, score = benchmarks.score(cell.task, res)
+        h = benchmarks.headline(cell.task)
+        summary = _plain({k: v for k, v in res.items() if k != "samples"})
+        record = {"config": cell.config(), "label": cell.label, "model_args": args,
+                  "provenance": provenance(cell.device, cell.dtype, cell.attn, self.commit),
+                  "metrics": {"benchmark": h.benchmark, "metric": h.metric, "raw": raw, "score": score},
+                  "budget_stats": budget_stats(samples), "lmms_eval": summary, "seconds": round(seconds, 2)}
+        self.store.write(cell.key, record, samples)
+        return record
+
+
+def run_cells(cells: list[Cell], store_root: str, source: DataSource, commit: str = "unknown",
+              progress: bool = True) -> Outcome:
+    """Evaluate every unfinished cell of `cells` into the store at `store_root` (see module doc)."""
+    from tqdm import tqdm
+
+    store = Store(store_root)
+    budgets: dict[str, list[str]] = defaultdict(list)
+    for c in cells:
+        if c.search is not None and c.budget:
+            budgets[c.model].append(c.budget)
+    worker = _Worker(store, source, commit, dict(budgets))
+    outcome = Outcome()
+    bar = tqdm(total=len(cells), desc="cells", unit="cell", disable=not progress)
+
+    def attempt(cell: Cell, blocking: bool) -> bool:
+        with store.lock(cell.key, blocking=blocking) as got:
+            if not got:
+                return False
+            status = store.status(cell.key)
+            if status == "done":
+                outcome.skipped.append(cell.key)
+            else:
+                if status.startswith("corrupt"):
+                    print(f"{cell.describe()}: {status}; recomputing", flush=True)
+                    store.discard(cell.key)
+                    outcome.recomputed.append(cell.key)
+                rec = worker.compute(cell)
+                outcome.computed.append(cell.key)
+                stats = rec["budget_stats"]
+                bar.write(f"done {cell.describe()}: {rec['metrics']['benchmark']} {rec['metrics']['score']:.2f}, "
+                          f"{stats.get('tflops_paper', {}).get('mean', float('nan')):.4g} TFLOPs, "
+                          f"{stats.get('samples', 0)} samples, {rec['seconds']:.1f} s [{cell.key}]")
+            bar.update(1)
+            return True
+
+    deferred = [cell for cell in cells if not attempt(cell, blocking=False)]
+    for cell in deferred:  # held by another sweep: wait for it, then it is usually done
+        attempt(cell, blocking=True)
+    bar.close()
+    return outcome
+
+
+@dataclass(frozen=True)
+class SlurmOptions:
+    """submitit parameters. `cluster=None` lets submitit pick SLURM; tests use `cluster="local"`."""
+
+    partition: str | None = None
+    gpus_per_job: int = 1
+    cpus_per_job: int = 8
+    mem_gb: int = 64
+    timeout_min: int = 24 * 60
+    rows_per_job: int = 1
+    cluster: str | None = None
+
+
+def jobs_of(cells: list[Cell], rows_per_job: int) -> list[list[Cell]]:
+    """Cells grouped into jobs: whole rows (one model + method + budget + seed, all tasks), so
+    each job loads its model once and never splits a row's DOP search."""
+    rows: dict[tuple, list[Cell]] = defaultdict(list)
+    for c in cells:
+        rows[c.group].append(c)
+    row_list = list(rows.values())
+    return [sum(row_list[i:i + rows_per_job], []) for i in range(0, len(row_list), max(1, rows_per_job))]
+
+
+def run_slurm(cells: list[Cell], store_root: str, source: DataSource, commit: str, options: SlurmOptions) -> Outcome:
+    """Submit `run_cells` jobs through submitit, wait for them, and merge their outcomes."""
+    import submitit
+
+    folder = Path(store_root) / "submitit" / "%j"
+    executor = submitit.AutoExecutor(folder=folder, cluster=options.cluster)
+    params: dict[str, Any] = {"timeout_min": options.timeout_min, "gpus_per_node": options.gpus_per_job,
+                              "cpus_per_task": options.cpus_per_job, "name": "repro-sweep"}
+    if options.cluster in (None, "slurm"):
+        params["mem_gb"] = options.mem_gb
+        if options.partition:
+            params["slurm_partition"] = options.partition
+    executor.update_parameters(**params)
+    groups = jobs_of(cells, options.rows_per_job)
+    with executor.batch():
+        jobs = [executor.submit(run_cells, group, store_root, source, commit, False) for group in groups]
+    print(f"submitted {len(jobs)} job(s) ({len(cells)} cells); logs under {folder.parent}", flush=True)
+    merged = Outcome()
+    for job in jobs:
+        out = job.result()  # raises with the job's traceback when a job failed
+        merged.computed += out.computed
+        merged.skipped += out.skipped
+        merged.recomputed += out.recomputed
+        print(f"job {job.job_id}: {len(out.computed)} computed, {len(out.skipped)} already done", flush=True)
+    return merged

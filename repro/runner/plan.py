@@ -1,0 +1,98 @@
+"""What a sweep needs before it runs: the cells, an estimate of GPU hours, and which weights and
+datasets are missing with the command that stages each. A run with missing inputs stops here,
+before any compute."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from repro.errors import ReproError
+from repro.runner.spec import Spec, expand
+
+# Full evaluation-split sizes of the paper tasks (lmms-eval's datasets) and rough seconds per
+# sample on one H100 in bf16 (short answers); only for the plan's order-of-magnitude estimate.
+TASK_SIZES = {"textvqa_val": 5000, "vqav2_val": 214354, "gqa": 12578, "vizwiz_vqa_val": 4319,
+              "scienceqa_img": 2017, "seedbench": 17990, "mme": 2374, "pope": 9000, "mmbench_en_dev": 4329,
+              "mmbench_cn_dev": 4329, "ai2d": 3088, "chartqa": 2500, "ocrbench": 1000}
+SECONDS_PER_SAMPLE = {"llava-1.5-7b": 0.12, "llava-1.5-13b": 0.2, "llava-next-7b": 0.3, "llava-next-13b": 0.5,
+                      "qwen2.5-vl-7b": 0.3, "internvl3-8b": 0.4}
+
+
+@dataclass
+class Plan:
+    cells: int
+    models: list[str]
+    tasks: list[str]
+    rows: int
+    samples: int
+    gpu_hours: float | None
+    missing: list[tuple[str, str]] = field(default_factory=list)  # (what is missing, command that stages it)
+
+    def lines(self) -> list[str]:
+        out = [f"plan: {self.cells} cells = {self.rows} rows (model x method x budget x seed) x {len(self.tasks)} tasks",
+               f"  models: {', '.join(self.models)}", f"  tasks: {', '.join(self.tasks)}",
+               f"  samples to evaluate: {self.samples}"]
+        if self.gpu_hours is not None:
+            out.append(f"  estimate: {self.gpu_hours:.0f} GPU hours on H100-class GPUs (upper bound: pruned cells "
+                       "are counted at the unpruned speed)")
+        if self.missing:
+            out.append(f"missing inputs ({len(self.missing)}):")
+            out += [f"  - {what}\n      stage with: {cmd}" for what, cmd in self.missing]
+        else:
+            out.append("all weights and datasets are present")
+        return out
+
+
+def missing_inputs(spec: Spec, staged: Path | None) -> list[tuple[str, str]]:
+    """Paper weights absent from the local HF cache and paper tasks without staged data."""
+    if spec.profile == "tiny":
+        return []
+    from repro.eval.tasks import GQA_IMAGES, download_hint, paper_task, staged_source
+    from repro.models.registry import entries, local_weights
+
+    missing = []
+    by_name = {e.name: e for e in entries()}
+    for m in spec.models:
+        entry = by_name.get(m)
+        if entry is not None and local_weights(entry) is None:
+            missing.append((f"weights of {m} ({entry.hf_id})",
+                            f"hf download {entry.hf_id} --revision {spec.revision}  (or set HF_HOME to a staged cache)"))
+    root = Path(staged) if staged else Path("data/staged")
+    for name in spec.tasks:
+        t = paper_task(name)
+        folders = [t.name] + ([GQA_IMAGES] if t.name == "gqa" else [])
+        for folder in folders:
+            try:
+                staged_source(root, t, folder)
+            except ReproError:
+                hint = download_hint(t, root)
+                if folder == GQA_IMAGES:
+                    hint = (f"`hf download lmms-lab/GQA --repo-type dataset --include \"testdev_balanced_images/*\" "
+                            f"--local-dir {root / GQA_IMAGES}`")
+                missing.append((f"dataset {folder} in {root / folder}", hint.strip("`").split("` on a")[0]))
+    return missing
+
+
+def make_plan(spec: Spec, staged: Path | None = None) -> Plan:
+    cells = expand(spec)
+    rows = len({c.group for c in cells})
+    per_task = {t: (min(spec.limit, TASK_SIZES.get(t, spec.limit)) if spec.limit else TASK_SIZES.get(t, 0))
+                for t in spec.tasks}
+    if spec.profile == "tiny":
+        per_task = {t: spec.limit or 300 for t in spec.tasks}  # tiny-world test splits hold 300 rows
+    samples = sum(per_task[c.task] for c in cells)
+    gpu = None
+    if spec.profile == "paper":
+        gpu = sum(per_task[c.task] * SECONDS_PER_SAMPLE.get(c.model, 0.3) for c in cells) / 3600
+    return Plan(len(cells), list(spec.models), list(spec.tasks), rows, samples, gpu,
+                missing_inputs(spec, staged))
+
+
+def require_inputs(spec: Spec, staged: Path | None) -> None:
+    """ReproError listing every missing input and its staging command (before any compute)."""
+    missing = missing_inputs(spec, staged)
+    if missing:
+        listing = "\n".join(f"  - {what}: {cmd}" for what, cmd in missing)
+        raise ReproError(f"{len(missing)} input(s) of {spec.path} are missing; stage them first "
+                         f"(or preview with --dry-run):\n{listing}")

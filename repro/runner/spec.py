@@ -1,0 +1,318 @@
+"""Sweep specs (small YAML files under sweeps/) and their expansion into cells.
+
+A cell is one (model, method + options, budget, seed, task) evaluation. Its key is a hash of its
+canonical config, so the same config always lands on the same store record and a changed one
+(new weights, new harness version, other options) never reuses an old record.
+
+Spec keys: `profile` (tiny|paper), `table`, `models`, `tasks` (task names or the groups
+`tinyworld` / `paper`), `split` (test|validation, tiny only), `limit` (documents per task; null =
+all), `seeds`, `dtype`, `attn`, `device`, `budgets` (default budgets of every method), `methods`
+(list of {name, options, budgets, search}; `none` is the unpruned model), `revision` (hub revision of
+registry models, default main), `staged` (paper data folder).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from repro.errors import ReproError
+
+FORMAT = "repro-cell/1"
+UNPRUNED = "none"
+PROFILES = ("tiny", "paper")
+SPEC_KEYS = {"profile", "table", "description", "models", "tasks", "split", "limit", "seeds", "dtype", "attn",
+             "device", "budgets", "methods", "revision", "staged", "figures"}
+METHOD_KEYS = {"name", "options", "budgets", "search", "label"}
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    name: str
+    options: dict = field(default_factory=dict)
+    budgets: tuple[str | None, ...] = (None,)
+    search: dict | None = None  # DOP: the search that produces the artifact (run once, stored)
+    label: str | None = None
+
+    @property
+    def display(self) -> str:
+        return self.label or ("unpruned" if self.name == UNPRUNED else self.name)
+
+
+@dataclass(frozen=True)
+class Spec:
+    path: str
+    profile: str
+    table: str
+    models: tuple[str, ...]
+    tasks: tuple[str, ...]
+    methods: tuple[MethodEntry, ...]
+    seeds: tuple[int, ...] = (0,)
+    limit: int | None = None
+    dtype: str = "float32"
+    attn: str = "sdpa"
+    device: str = "cpu"
+    revision: str = "main"
+    staged: str | None = None
+    figures: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One evaluation. Everything in `config()` changes results; `device` does not enter the key."""
+
+    model: str
+    model_revision: str
+    method: str
+    options: dict
+    budget: str | None
+    task: str
+    task_version: str
+    seed: int
+    limit: int | None
+    dtype: str
+    attn: str
+    harness: str
+    search: dict | None = None
+    device: str = "cpu"
+    label: str = ""
+
+    def config(self) -> dict:
+        d = asdict(self)
+        d.pop("device"), d.pop("label")
+        return d
+
+    @property
+    def key(self) -> str:
+        return hashlib.sha256(canonical_json({"format": FORMAT, **self.config()}).encode()).hexdigest()[:24]
+
+    @property
+    def group(self) -> tuple:
+        """Cells sharing a loaded model and method instance (all tasks of one row)."""
+        return (self.model, self.dtype, self.attn, self.device, self.method, canonical_json(self.options),
+                self.budget, self.seed, canonical_json(self.search))
+
+    def describe(self) -> str:
+        budget = f"@{self.budget}" if self.budget else ""
+        return f"{self.model} {self.label or self.method}{budget} seed{self.seed} {self.task}"
+
+    def with_device(self, device: str) -> "Cell":
+        return replace(self, device=device)
+
+
+def harness_version() -> str:
+    from importlib.metadata import version
+
+    return f"repro {version('repro')}; lmms-eval {version('lmms-eval')}; transformers {version('transformers')}"
+
+
+# --------------------------------------------------------------------------- loading
+
+def _as_list(value: Any, what: str, path: str) -> list:
+    if value is None:
+        return []
+    if isinstance(value, (str, int, float)):
+        return [value]
+    if isinstance(value, list):
+        return value
+    raise ReproError(f"{path}: `{what}` must be a list, got {type(value).__name__}")
+
+
+def load_spec(path: Path | str, *, models: list[str] | None = None, limit: int | None = None) -> Spec:
+    """Read and validate a sweep spec. `models` restricts it (the run_all.sh --models option),
+    `limit` overrides its per-task document limit. Errors name the fix."""
+    import yaml
+
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ReproError(f"no sweep spec at {path}; the shipped ones are under sweeps/<profile>/") from None
+    except yaml.YAMLError as err:
+        raise ReproError(f"{path} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ReproError(f"{path}: a sweep spec is a mapping (profile, models, tasks, methods, ...)")
+    unknown = sorted(set(raw) - SPEC_KEYS)
+    if unknown:
+        raise ReproError(f"{path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(SPEC_KEYS))}")
+    p = str(path)
+    profile = raw.get("profile", "tiny")
+    if profile not in PROFILES:
+        raise ReproError(f"{p}: profile must be one of {', '.join(PROFILES)}, got {profile!r}")
+    default_budgets = tuple(str(b) for b in _as_list(raw.get("budgets"), "budgets", p)) or (None,)
+    methods = tuple(_method_entry(m, default_budgets, p) for m in _as_list(raw.get("methods"), "methods", p))
+    if not methods:
+        raise ReproError(f"{p}: list at least one method under `methods` (`- name: none` is the unpruned model)")
+    spec_models = [str(m) for m in _as_list(raw.get("models"), "models", p)]
+    if models:
+        missing = [m for m in models if m not in spec_models]
+        if missing:
+            raise ReproError(f"--models {','.join(missing)} not in {p} (it has {', '.join(spec_models)}); "
+                             "add them to the spec's `models` list")
+        spec_models = [m for m in spec_models if m in models]
+    if not spec_models:
+        raise ReproError(f"{p}: list at least one model under `models` (see `python -m repro models`)")
+    split = raw.get("split", "test")
+    tasks = expand_tasks([str(t) for t in _as_list(raw.get("tasks"), "tasks", p)], profile, split, p)
+    spec = Spec(path=p, profile=profile, table=str(raw.get("table", path.stem)), models=tuple(spec_models),
+                tasks=tuple(tasks), methods=methods,
+                seeds=tuple(int(s) for s in _as_list(raw.get("seeds", [0]), "seeds", p)),
+                limit=limit if limit is not None else raw.get("limit"), dtype=str(raw.get("dtype", "float32")),
+                attn=str(raw.get("attn", "sdpa")), device=str(raw.get("device", "cpu")),
+                revision=str(raw.get("revision", "main")), staged=raw.get("staged"),
+                figures=tuple(_as_list(raw.get("figures"), "figures", p)))
+    check_spec(spec)
+    return spec
+
+
+def _method_entry(m: Any, default_budgets: tuple, path: str) -> MethodEntry:
+    if isinstance(m, str):
+        m = {"name": m}
+    if not isinstance(m, dict) or "name" not in m:
+        raise ReproError(f"{path}: each method is a mapping with at least `name` (e.g. `- name: fastv`)")
+    unknown = sorted(set(m) - METHOD_KEYS)
+    if unknown:
+        raise ReproError(f"{path}: method {m['name']!r} has unknown key(s) {', '.join(unknown)}; "
+                         f"allowed: {', '.join(sorted(METHOD_KEYS))}")
+    name = str(m["name"])
+    budgets = tuple(str(b) for b in _as_list(m.get("budgets"), "budgets", path)) or default_budgets
+    if name == UNPRUNED:
+        budgets = (None,)
+    options = m.get("options") or {}
+    if not isinstance(options, dict):
+        raise ReproError(f"{path}: options of method {name!r} must be a mapping")
+    return MethodEntry(name, dict(options), budgets, m.get("search"), m.get("label"))
+
+
+def expand_tasks(names: list[str], profile: str, split: str, path: str) -> list[str]:
+    """Task names of the profile, groups expanded; unknown names are an error with close matches."""
+    import difflib
+
+    if not names:
+        raise ReproError(f"{path}: list the tasks under `tasks` (or a group: tinyworld, paper)")
+    if profile == "tiny":
+        from repro.tinyworld.suite import TASKS, VAL_SUFFIX
+
+        if split not in ("test", "validation"):
+            raise ReproError(f"{path}: split must be test or validation, got {split!r}")
+        suffix = VAL_SUFFIX if split == "validation" else ""
+        known = [t.name for t in TASKS]
+        group = [t.name for t in TASKS if t.in_group]
+        group_name = "tinyworld"
+    else:
+        from repro.eval.tasks import PAPER_TASKS
+
+        suffix, known = "", [t.name for t in PAPER_TASKS]
+        group, group_name = known, "paper"
+    out: list[str] = []
+    for n in names:
+        if n == group_name:
+            out += [t + suffix for t in group]
+        elif n.removesuffix(suffix) in known or n in known:
+            out.append(n if n.endswith(suffix) else n + suffix)
+        else:
+            close = difflib.get_close_matches(n, known + [group_name], n=3, cutoff=0.5)
+            raise ReproError(f"{path}: unknown task {n!r} for profile {profile}"
+                             + (f" (did you mean {', '.join(close)}?)" if close else "")
+                             + f"; known: {group_name} (the group), {', '.join(known)}")
+    return list(dict.fromkeys(out))
+
+
+def check_spec(spec: Spec) -> None:
+    """Unknown models and methods, and bad method options, fail here, before any compute."""
+    from repro.models.registry import entries
+    from repro.models.shipped import SHIPPED
+    from repro.models.tiny import TINY_BUILDERS
+
+    known_models = [e.name for e in entries()] + list(SHIPPED) + list(TINY_BUILDERS)
+    for m in spec.models:
+        if m not in known_models and not Path(m).is_dir():
+            raise ReproError(f"{spec.path}: unknown model {m!r}; use a name from `python -m repro models` "
+                             f"({', '.join(known_models)}) or a local checkpoint folder")
+    import repro
+
+    for entry in spec.methods:
+        if entry.name == UNPRUNED:
+            continue
+        if entry.search is not None:
+            from repro.runner.artifacts import search_options
+
+            search_options(entry, spec.path)  # raises on bad search options
+            continue
+        for budget in entry.budgets:
+            try:
+                repro.method(entry.name, budget, **entry.options)
+            except ReproError as err:
+                raise ReproError(f"{spec.path}: method {entry.name!r}: {err}") from None
+
+
+def model_revision(name: str, revision: str) -> str:
+    """What identifies a model's weights: the shipped checkpoint's checksums, the tiny builders'
+    code version, or the hub id and revision."""
+    from repro.models.registry import entries
+    from repro.models.shipped import SHIPPED
+    from repro.models.tiny import TINY_BUILDERS
+
+    if name in SHIPPED:
+        sums = SHIPPED[name] / "SHA256SUMS"
+        digest = hashlib.sha256(sums.read_bytes()).hexdigest()[:16] if sums.is_file() else "missing"
+        return f"shipped:{digest}"
+    if name in TINY_BUILDERS:
+        return "tiny-builder"
+    for e in entries():
+        if e.name == name:
+            return f"{e.hf_id}@{revision}"
+    return f"local:{Path(name).resolve()}"
+
+
+def task_version(task: str, profile: str) -> str:
+    if profile == "tiny":
+        from repro.tinyworld import GENERATOR_VERSION
+
+        return f"tinyworld/{GENERATOR_VERSION}"
+    from repro.eval.tasks import paper_task
+    from repro.tinyworld.yamls import lmms_eval_tasks_dir
+
+    t = paper_task(task)
+    included = Path(lmms_eval_tasks_dir()) / t.include
+    digest = hashlib.sha256(included.read_bytes()).hexdigest()[:12] if included.is_file() else "missing"
+    return f"{t.task}:{digest}"
+
+
+def expand(spec: Spec) -> list[Cell]:
+    """All cells of a spec, in a stable order (model, method, budget, seed, task)."""
+    harness = harness_version()
+    versions = {t: task_version(t, spec.profile) for t in spec.tasks}
+    cells = []
+    for model in spec.models:
+        rev = model_revision(model, spec.revision)
+        for entry in spec.methods:
+            for budget in entry.budgets:
+                for seed in spec.seeds:
+                    for task in spec.tasks:
+                        cells.append(Cell(model=model, model_revision=rev, method=entry.name,
+                                          options=_seeded(entry, seed), budget=budget, task=task,
+                                          task_version=versions[task], seed=seed, limit=spec.limit,
+                                          dtype=spec.dtype, attn=spec.attn, harness=harness, search=entry.search,
+                                          device=spec.device, label=entry.display))
+    return cells
+
+
+def _seeded(entry: MethodEntry, seed: int) -> dict:
+    """A method with a `seed` option gets the cell's seed unless the spec fixes one."""
+    if entry.name == UNPRUNED or "seed" in entry.options:
+        return dict(entry.options)
+    import repro  # noqa: F401 - registers every method (baselines included)
+    from repro.methods.registry import specs
+
+    spec = next((s for s in specs() if s.name == entry.name), None)
+    if spec is not None and "seed" in spec.faithful_options():
+        return {**entry.options, "seed": seed}
+    return dict(entry.options)

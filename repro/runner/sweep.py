@@ -1,0 +1,50 @@
+"""A sweep: expand a spec, stop early on missing inputs, evaluate the unfinished cells with the
+chosen executor, and report what was computed and what was reused."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from repro.runner.executors import DataSource, Outcome, SlurmOptions, run_cells, run_slurm
+from repro.runner.plan import require_inputs
+from repro.runner.spec import Cell, Spec, expand
+from repro.runner.store import Store
+
+
+@dataclass
+class SweepResult:
+    cells: list[Cell]
+    outcome: Outcome
+    seconds: float
+
+
+def default_store(profile: str) -> Path:
+    return Path("results") / profile / "store"
+
+
+def run_sweep(spec: Spec, store_root: Path | str, *, executor: str = "local", slurm: SlurmOptions | None = None,
+              data_dir: Path | str | None = None, staged: Path | str | None = None,
+              progress: bool = True) -> SweepResult:
+    from repro.runner.provenance import git_commit
+
+    t0 = time.perf_counter()
+    staged = staged or spec.staged
+    require_inputs(spec, Path(staged) if staged else None)
+    cells = expand(spec)
+    store = Store(store_root)
+    pending = [c for c in cells if store.status(c.key) != "done"]
+    print(f"sweep {spec.path}: {len(cells)} cells, {len(cells) - len(pending)} finished, {len(pending)} to compute "
+          f"(store {store.root})", flush=True)
+    source = DataSource(spec.profile, str(data_dir) if data_dir else None, str(staged) if staged else None)
+    if not pending:
+        outcome = Outcome(skipped=[c.key for c in cells])
+    elif executor == "slurm":
+        outcome = run_slurm(pending, str(store.root), source, git_commit(), slurm or SlurmOptions())
+    else:
+        outcome = run_cells(pending, str(store.root), source, git_commit(), progress)
+    seconds = time.perf_counter() - t0
+    print(f"sweep done in {seconds:.0f} s: {len(outcome.computed)} computed ({len(outcome.recomputed)} of them "
+          f"replaced corrupt records), {len(cells) - len(outcome.computed)} reused", flush=True)
+    return SweepResult(cells, outcome, seconds)
