@@ -8,6 +8,7 @@ LLaVA-1.5 and Qwen2.5-VL (whose [CLS] signal is the adapter's substitute, see do
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +25,13 @@ PER_CROP_FAMILIES = ("llava-next", "internvl3")
 
 def vispruner_select(scores: Tensor, features: Tensor, n_keep: int, important_ratio: float,
                      *, inverse: bool = False) -> Tensor:
-    """Positions (ascending) of the `n_keep` tokens VisPruner keeps out of one pool.
+    """Positions (ascending) of the `n_keep` tokens VisPruner keeps out of one pool."""
+    return torch.sort(torch.cat(vispruner_split(scores, features, n_keep, important_ratio, inverse=inverse))).values
+
+
+def vispruner_split(scores: Tensor, features: Tensor, n_keep: int, important_ratio: float,
+                    *, inverse: bool = False) -> tuple[Tensor, Tensor]:
+    """Positions of the important and of the diverse tokens VisPruner keeps out of one pool.
 
     The top `int(n_keep·r)` by score are important; the rest of the pool, in descending score
     order, is thinned by rounds that split it into even/odd list positions, find each even token's
@@ -51,7 +58,7 @@ def vispruner_select(scores: Tensor, features: Tensor, n_keep: int, important_ra
         redundancy = (unit[even] @ unit[odd].T).amax(-1)
         ranked = torch.argsort(redundancy, descending=True, stable=True)
         residual = torch.cat([even[ranked[step:]], odd])
-    return torch.sort(torch.cat([important, residual])).values
+    return important, residual
 
 
 @register("vispruner", stage="pre-llm",
@@ -63,6 +70,7 @@ class VisPruner(Method):
     """Defaults: important ratio 0.5 and the layer the model reads features from."""
 
     positions = "contiguous"  # the official code feeds a shorter sequence (renumbered)
+    token_groups = ("important", "diverse")  # meta["group"] 0 / 1; layout tokens count as 0
 
     def __init__(self, budget: Budget | None = None, *, important_ratio: float = 0.5, layer: int | None = None,
                  per_crop: bool = True, inverse: bool = False):
@@ -82,8 +90,13 @@ class VisPruner(Method):
         if not (self.per_crop and model.family in PER_CROP_FAMILIES):
             crops = torch.zeros_like(crops)
         pools = [(crops == c).nonzero().flatten() for c in torch.unique(crops)]
-        kept = [pool[vispruner_select(scores[pool], features[pool], share, self.important_ratio,
-                                      inverse=self.inverse)]
-                for pool, share in zip(pools, split_budget(n_keep, [p.numel() for p in pools]))]
+        group = torch.zeros_like(visual.meta["kind"])
+        kept = []
+        for pool, share in zip(pools, split_budget(n_keep, [p.numel() for p in pools])):
+            important, diverse = vispruner_split(scores[pool], features[pool], share, self.important_ratio,
+                                                 inverse=self.inverse)
+            kept += [pool[important], pool[diverse]]
+            group[patches[pool[diverse]]] = 1
         layout = (visual.meta["kind"] == LAYOUT).nonzero().flatten()  # newline tokens stay
+        visual = replace(visual, meta={**visual.meta, "group": group})
         return visual.select(torch.sort(torch.cat([patches[torch.cat(kept)], layout])).values)

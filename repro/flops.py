@@ -71,10 +71,14 @@ def check_convention(convention: str) -> str:
 
 def layer_terms(card: ArchCard, t: LayerTokens, convention: str) -> dict[str, int]:
     """Per-operation FLOPs of one decoder layer (keys: q, k, v, o, scores, weighted_sum, mlp)."""
+    return token_terms(card, t.queries, t.keys, t.mlp, convention)
+
+
+def token_terms(card: ArchCard, nq, nk, nm, convention: str) -> dict:
+    """`layer_terms` for raw counts: ints, or integer numpy arrays (element-wise, for search grids)."""
     check_convention(convention)
     d = card.hidden
     d_q, d_kv = (d, d) if convention == "paper" else (card.d_q, card.d_kv)
-    nq, nk, nm = t.queries, t.keys, t.mlp
     return {
         "q": 2 * nq * d * d_q,
         "k": 2 * nk * d * d_kv,
@@ -84,6 +88,11 @@ def layer_terms(card: ArchCard, t: LayerTokens, convention: str) -> dict[str, in
         "weighted_sum": 2 * nq * nk * d_q,
         "mlp": 3 * 2 * nm * d * card.mlp,
     }
+
+
+def token_flops(card: ArchCard, nq, nk, nm, convention: str):
+    """`layer_flops` for raw counts (ints or integer numpy arrays, element-wise)."""
+    return sum(token_terms(card, nq, nk, nm, convention).values())
 
 
 def layer_flops(card: ArchCard, t: LayerTokens, convention: str) -> int:

@@ -30,6 +30,7 @@ class Sequence:
     positions: Tensor  # (N,) original positions, or (3, N) M-RoPE positions
     visual: Tensor  # sorted sequence indices of the visual tokens
     input_ids: Tensor  # (N,) token ids (placeholder id at visual tokens)
+    visual_groups: Tensor | None = None  # the reducer's group of each visual token, in `visual` order
 
     @property
     def n_tokens(self) -> int:

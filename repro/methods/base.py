@@ -28,6 +28,7 @@ class Method:
     name = "unpruned"
     positions = "original"  # how a reduced sequence is numbered: "original" or "contiguous"
     skip_dead_ops = False  # ask the engine to skip operations that cannot reach the output
+    token_groups: tuple[str, ...] = ()  # a reducer's groups of kept tokens, tagged as meta["group"]
 
     def __init__(self, budget: Budget | None = None):
         self.budget = budget

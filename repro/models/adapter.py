@@ -27,6 +27,8 @@ from repro.engine import Decoder, Sequence
 #   patch  patch index inside that crop (-1: not a patch)
 #   row, col  grid coordinates (the crop's grid, or the stitched anyres grid for LLaVA-NeXT tiles)
 #   kind   0 = image patch, 1 = layout token (LLaVA-NeXT newline)
+# Optional, set by reducers that define token groups (`Method.token_groups`):
+#   group  the token's group (e.g. VisPruner 0 = important, 1 = diverse; layout tokens 0)
 META_FIELDS = ("index", "image", "crop", "patch", "row", "col", "kind")
 PATCH, LAYOUT = 0, 1
 
@@ -185,5 +187,7 @@ class Adapter:
         pos = full[..., original] if positions == "original" else torch.arange(order.numel(), device=ids.device)
         where = torch.empty_like(order)
         where[order] = torch.arange(order.numel(), device=ids.device)
-        visual_idx = torch.sort(where[n_text:]).values
-        return Sequence(embeds=embeds, positions=pos, visual=visual_idx, input_ids=ids[original])
+        visual_idx, order_in_seq = torch.sort(where[n_text:])
+        groups = visual.meta.get("group")  # a reducer's token groups (e.g. VisPruner important/diverse)
+        return Sequence(embeds=embeds, positions=pos, visual=visual_idx, input_ids=ids[original],
+                        visual_groups=None if groups is None else groups.to(ids.device)[order_in_seq])

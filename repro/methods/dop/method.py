@@ -20,7 +20,11 @@ from repro.methods.registry import register
                     "reducer": "any registered pre-LLM method; 'uniform' needs no scores",
                     "transfer": "True: apply an artifact searched on another model (depths rescaled)"})
 class DOP(Method):
-    """Run a policy (`policy=(n_v, D_A, D_P)`), or the policy an artifact chose for `budget`.
+    """Run a policy (`policy=(n_v, D_A, D_P)`, or a `Policy` with one (D_A, D_P) per reducer
+    group), or the policy an artifact chose for `budget`.
+
+    A per-group policy needs a reducer with token groups (VisPruner: important, diverse); the
+    reducer then runs even at full budget, since it is what tags the groups.
 
     With an artifact the reducer and its options come from the artifact; a different model is
     refused unless `transfer=True`, which rescales the depths to the model's layer count
@@ -68,13 +72,25 @@ class DOP(Method):
             raise ReproError(f"transfer needs a budget the artifact solved ({[c['budget'] for c in art['budgets']]})")
         return Policy.from_dict(choose(art, model.card, self.budget)["policy"])
 
+    def grouped(self, model) -> bool:
+        """Whether the policy has depths per reducer group (the `groups="reducer"` form)."""
+        if self.artifact is not None:
+            return self.artifact["options"].get("groups", "single") == "reducer"
+        return len(self.policy.depths) > 1
+
     def reduce(self, model, prepared, visual):
         n_visual = self.policy_for(model).n_visual
-        if n_visual >= visual.patches.numel():
+        if n_visual >= visual.patches.numel() and not self.grouped(model):
             return visual
         reducer = build_method(self.reducer, f"tokens:{n_visual}", **self.reducer_options)
         return reducer.reduce(model, prepared, visual)
 
     def planner(self, model, seq):
-        return policy_schedule(self.policy_for(model), seq.n_tokens, seq.visual, None, model.card.layers,
+        groups = None
+        if self.grouped(model):
+            groups = seq.visual_groups
+            if groups is None:
+                raise ReproError(f"a per-group DOP policy needs a reducer that tags token groups; {self.reducer!r} "
+                                 "does not (use vispruner, or a single (n_v, D_A, D_P) policy)")
+        return policy_schedule(self.policy_for(model), seq.n_tokens, seq.visual, groups, model.card.layers,
                                self.mha_semantics)

@@ -77,6 +77,8 @@ def policy_schedule(policy: Policy, n_tokens: int, visual: Tensor, groups: Tenso
     if mha_semantics not in MHA_SEMANTICS:
         raise ValueError(f"mha_semantics must be one of {MHA_SEMANTICS}, got {mha_semantics!r}")
     policy.validate(n_layers)
+    if groups is None and len(policy.depths) > 1:
+        raise ValueError(f"a policy with {len(policy.depths)} depth pairs needs the visual tokens' groups")
     groups = torch.zeros_like(visual) if groups is None else groups.to(visual.device)
     if groups.numel() and int(groups.max()) >= len(policy.depths):
         raise ValueError(f"the sequence has {int(groups.max()) + 1} visual groups, the policy {len(policy.depths)}")
@@ -107,23 +109,32 @@ def flops_grid(card: ArchCard, n_other: float, n_visual: np.ndarray, convention:
     attention part (queries × keys) and an MLP part, which makes the sum over layers closed-form.
     """
     L = card.layers
-
-    def attention(nq: np.ndarray, nk: np.ndarray) -> np.ndarray:
-        return np.array([flops.layer_flops(card, flops.LayerTokens(int(q), int(k), 0), convention)
-                         for q, k in zip(np.broadcast_to(nq, n_visual.shape), np.broadcast_to(nk, n_visual.shape))],
-                        dtype=np.float64)
-
-    def mlp(nm: np.ndarray) -> np.ndarray:
-        return np.array([flops.layer_flops(card, flops.LayerTokens(0, 0, int(m)), convention)
-                         for m in np.broadcast_to(nm, n_visual.shape)], dtype=np.float64)
-
-    n_o = round(n_other)
-    attn_in = attention(n_o + n_visual, n_o + n_visual)
-    attn_out = attention(np.full_like(n_visual, n_o), n_o + n_visual if mha_semantics == "query_skip"
-                         else np.full_like(n_visual, n_o))
-    mlp_in, mlp_out = mlp(n_o + n_visual), mlp(np.full_like(n_visual, n_o))
+    n_o, n_v = round(n_other), np.asarray(n_visual, dtype=np.int64)
+    attn_in = flops.token_flops(card, n_o + n_v, n_o + n_v, 0, convention)
+    attn_out = flops.token_flops(card, n_o, n_o + n_v if mha_semantics == "query_skip" else n_o, 0, convention)
+    attn_out = np.broadcast_to(attn_out, n_v.shape)
+    mlp_in, mlp_out = flops.token_flops(card, 0, 0, n_o + n_v, convention), flops.token_flops(card, 0, 0, n_o, convention)
     depth = np.arange(L + 1)
     d_a = depth[None, :, None]
     d_p = np.minimum(depth[None, None, :], mlp_depth_bound(d_a, L, mha_semantics))
     v = (slice(None), None, None)
-    return (d_a * attn_in[v] + (L - d_a) * attn_out[v] + d_p * mlp_in[v] + (L - d_p) * mlp_out[v])
+    return (d_a * attn_in[v] + (L - d_a) * attn_out[v] + d_p * mlp_in[v] + (L - d_p) * mlp_out).astype(np.float64)
+
+
+def grouped_flops(card: ArchCard, n_other: int, counts: np.ndarray, attention_depths: np.ndarray,
+                  mlp_depths: np.ndarray, convention: str = "paper", mha_semantics: str = "drop") -> np.ndarray:
+    """Prefill FLOPs of per-group policies, element-wise over leading axes.
+
+    `counts`, `attention_depths`, `mlp_depths`: integer arrays [..., G] (tokens, D_A, raw D_P per
+    group); D_P is clamped to its bound as the engine does. Summed layer by layer.
+    """
+    L = card.layers
+    counts, d_a = np.asarray(counts, dtype=np.int64), np.asarray(attention_depths)
+    d_p = np.minimum(np.asarray(mlp_depths), mlp_depth_bound(d_a, L, mha_semantics))
+    counts, d_a, d_p = np.broadcast_arrays(counts, d_a, d_p)
+    total = np.zeros(counts.shape[:-1], dtype=np.int64)
+    for layer in range(L):
+        queries = n_other + (counts * (d_a > layer)).sum(-1)
+        keys = n_other + counts.sum(-1) if mha_semantics == "query_skip" else queries
+        total += flops.token_flops(card, queries, keys, n_other + (counts * (d_p > layer)).sum(-1), convention)
+    return total

@@ -8,6 +8,11 @@
 5. Every policy of the grid whose prefill FLOPs (validation set's mean shape) fit the budget is
    scored analytically; the smallest D̂ wins. A new budget needs no new forward passes.
 
+Groups (`groups`, a [choice] of DOP.md): `single` sweeps (n_v, D_A, D_P) for all visual tokens;
+`reducer` gives each of the reducer's token groups (VisPruner: important, diverse) its own D_A and
+D_P: 2·G + 1 curves, each depth swept for one group with every other group at θ₀, and the
+enumeration of `grouped.py` (module docstring: how group sizes are counted, how it stays small).
+
 Speed: per sample, the vision encoding, the reduction and the reference distribution are
 computed once; depth sweeps resume from the reference run's hidden states at the shallowest layer
 they change (the engine's `Prefix`), so they skip the shared prefix.
@@ -30,6 +35,7 @@ from repro import flops
 from repro.budget import Budget, as_budget
 from repro.engine import Prefix, Schedule
 from repro.errors import ReproError
+from repro.methods.dop import grouped
 from repro.methods.dop.policy import (MHA_SEMANTICS, Policy, effective_mlp_depth, flops_grid, mlp_depth_bound,
                                       policy_schedule)
 from repro.methods.registry import method as build_method
@@ -39,6 +45,7 @@ ARTIFACT_FORMAT = "repro-dop-search/1"
 PARAMETERS = ("n_visual", "attention_depth", "mlp_depth")
 KL_DIRECTIONS = ("forward", "reverse")
 INTERPOLATIONS = ("linear", "pchip")
+GROUPS = ("single", "reducer")
 
 
 @dataclass(frozen=True)
@@ -63,14 +70,23 @@ class SearchOptions:
             raise ReproError(f"kl_direction must be one of {KL_DIRECTIONS}")
         if self.interpolation not in INTERPOLATIONS:
             raise ReproError(f"interpolation must be one of {INTERPOLATIONS}")
-        if self.groups != "single":
-            raise ReproError("only groups='single' is searched so far; the per-group form executes "
-                             "(Policy with one depth pair per reducer group) but has no search yet")
+        if self.groups not in GROUPS:
+            raise ReproError(f"groups must be one of {GROUPS}")
         if self.kl_tokens < 1 or self.depth_step < 1 or self.visual_points < 2:
             raise ReproError("need kl_tokens >= 1, depth_step >= 1 and visual_points >= 2")
 
     def as_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    def group_names(self) -> list[str]:
+        """The visual groups a policy has depths for: ["visual"], or the reducer's token groups."""
+        if self.groups == "single":
+            return ["visual"]
+        names = list(build_method(self.reducer, "tokens:1", **self.reducer_options).token_groups)
+        if not names:
+            raise ReproError(f"reducer {self.reducer!r} defines no token groups; use groups='single' "
+                             "(or a reducer with groups, e.g. vispruner: important, diverse)")
+        return names
 
 
 def kl(reference: torch.Tensor, logprobs: torch.Tensor, direction: str) -> float:
@@ -109,6 +125,11 @@ class SampleRunner:
         self.layer_passes = 0
         self.captured: dict[int, torch.Tensor] = {}
         self.reference = self._first_tokens(self.full, None, reference=True)
+        # θ₀'s sequence: the full one, or (per-group form) the reducer's at n_max, which tags groups
+        self.top, self.resumable = self.full, True
+        if options.groups == "reducer":
+            self.top = self._reduced(self.n_max)
+            self.resumable = same_sequence(self.top, self.full)
 
     def _first_tokens(self, seq, schedule, *, reference=False, resume: Prefix | None = None) -> torch.Tensor:
         """Log-probs of the first `kl_tokens` answer tokens, teacher-forced on the unpruned answer."""
@@ -130,28 +151,57 @@ class SampleRunner:
         self.answer = list(self.model.engine.greedy(out, self.options.kl_tokens, set()))
         return self.answer
 
-    def divergence(self, policy: Policy) -> float:
+    def _reduced(self, n_visual: int):
+        opts, model = self.options, self.model
+        reducer = build_method(opts.reducer, f"tokens:{n_visual}", **opts.reducer_options)
+        seq = model.assemble(self.prepared, reducer.reduce(model, self.prepared, self.visual),
+                             reducer.position_mode(model))
+        if opts.groups == "reducer" and seq.visual_groups is None:
+            raise ReproError(f"reducer {opts.reducer!r} did not tag its token groups (meta['group'])")
+        return seq
+
+    def sequence(self, n_visual: int):
+        """The prefill sequence with the reducer's `n_visual` tokens (θ₀'s at n_max)."""
+        return self.top if n_visual >= self.n_max else self._reduced(n_visual)
+
+    def divergence(self, policy: Policy, seq=None) -> float:
         """D(θ) on this sample; depth-only policies resume from the reference's shared prefix."""
         opts, model = self.options, self.model
-        if policy.n_visual >= self.n_max:
-            seq = self.full
-        else:
-            reducer = build_method(opts.reducer, f"tokens:{policy.n_visual}", **opts.reducer_options)
-            seq = model.assemble(self.prepared, reducer.reduce(model, self.prepared, self.visual),
-                                 reducer.position_mode(model))
-        schedule = policy_schedule(policy, seq.n_tokens, seq.visual, None, model.card.layers, opts.mha_semantics)
+        seq = self.sequence(policy.n_visual) if seq is None else seq
+        groups = seq.visual_groups if opts.groups == "reducer" else None
+        schedule = policy_schedule(policy, seq.n_tokens, seq.visual, groups, model.card.layers, opts.mha_semantics)
         resume = None
-        if seq is self.full:
+        if seq is self.top and self.resumable:
             start = first_changed_layer(policy, opts.mha_semantics, model.card.layers)
             if start in self.captured:
                 resume = Prefix(start, self.captured[start])
         return kl(self.reference, self._first_tokens(seq, schedule, resume=resume), opts.kl_direction)
 
 
+def same_sequence(a, b) -> bool:
+    """Whether two sequences feed the decoder the same tokens at the same positions."""
+    return (a.n_tokens == b.n_tokens and torch.equal(a.visual, b.visual) and torch.equal(a.positions, b.positions)
+            and torch.equal(a.embeds, b.embeds))
+
+
 def first_changed_layer(policy: Policy, mha_semantics: str, n_layers: int) -> int:
     """The shallowest layer where a full-token policy differs from running every operation."""
-    a, p = policy.depths[0]
-    return min(a, effective_mlp_depth(a, p, mha_semantics, n_layers))
+    return min(min(a, effective_mlp_depth(a, p, mha_semantics, n_layers)) for a, p in policy.depths)
+
+
+def sweep_policies(points: dict[str, list[int]], n_max: int, n_layers: int, groups: list[str]) -> dict[str, list[Policy]]:
+    """θ₀ and, per parameter, the policies of its sweep (every other parameter at θ₀)."""
+    L, top = n_layers, ((n_layers, n_layers),) * len(groups)
+
+    def at(g: int, pair: tuple[int, int]) -> tuple[tuple[int, int], ...]:
+        return top[:g] + (pair,) + top[g + 1:]
+
+    sweeps = {"reference": [Policy(n_max, top)], "n_visual": [Policy(n, top) for n in points["n_visual"]]}
+    for g, name in enumerate(groups):
+        suffix = "" if groups == ["visual"] else f".{name}"
+        sweeps[f"attention_depth{suffix}"] = [Policy(n_max, at(g, (a, L))) for a in points["attention_depth"]]
+        sweeps[f"mlp_depth{suffix}"] = [Policy(n_max, at(g, (L, p))) for p in points["mlp_depth"]]
+    return sweeps
 
 
 def search(model, samples: Iterable, budgets: list[str], options: SearchOptions | None = None, *,
@@ -163,37 +213,51 @@ def search(model, samples: Iterable, budgets: list[str], options: SearchOptions 
     if not samples:
         raise ReproError("the search needs at least one calibration sample")
     L = model.card.layers
+    groups = options.group_names()
     start = time.perf_counter()
     runners: list[SampleRunner] = []
-    values: dict[str, list] = {"reference": [], **{p: [] for p in PARAMETERS}}
+    values: dict[str, list] = {}
+    group_tokens: list[list[list[int]]] = []
     points: dict[str, list[int]] | None = None
+    depth_sweeps = sweep_policies(sweep_points(1, L, options), 1, L, groups)
+    capture = {first_changed_layer(p, options.mha_semantics, L) for k, ps in depth_sweeps.items()
+               if k not in ("reference", "n_visual") for p in ps} - {0}
     for sample in tqdm(samples, desc="dop search", disable=not progress):
-        depths = sweep_points(1, L, options)["attention_depth"]
-        sweeps = [Policy.single(10**9, a, L) for a in depths] + [Policy.single(10**9, L, p) for p in depths]
-        capture = {first_changed_layer(s, options.mha_semantics, L) for s in sweeps} - {0}
         runner = SampleRunner(model, sample.images, sample.question, options, capture)
         n_max = runner.n_max
         if points is None:
             points = sweep_points(n_max, L, options)
         elif points != sweep_points(n_max, L, options):
             raise ReproError("calibration samples must share the visual-token count (use one image size)")
-        values["reference"].append(runner.divergence(Policy.single(n_max, L, L)))
-        values["n_visual"].append([runner.divergence(Policy.single(n, L, L)) for n in points["n_visual"]])
-        values["attention_depth"].append([runner.divergence(Policy.single(n_max, a, L)) for a in points["attention_depth"]])
-        values["mlp_depth"].append([runner.divergence(Policy.single(n_max, L, p)) for p in points["mlp_depth"]])
+        counts = []
+        for name, policies in sweep_policies(points, n_max, L, groups).items():
+            row = []
+            for policy in policies:
+                seq = runner.sequence(policy.n_visual)
+                if name == "n_visual" and options.groups == "reducer":
+                    counts.append(torch.bincount(seq.visual_groups.cpu(), minlength=len(groups)).tolist())
+                row.append(runner.divergence(policy, seq))
+            values.setdefault(name, []).append(row)
+        group_tokens.append(counts)
         runners.append(runner)
     mean = {k: np.mean(np.array(v), axis=0).tolist() for k, v in values.items()}
     n_other = float(np.mean([r.full.n_tokens - r.full.visual.numel() for r in runners]))
     n_layout = float(np.mean([r.full.visual.numel() - r.n_max for r in runners]))
+    shape = {"n_visual_max": runners[0].n_max, "n_other": n_other, "n_layout": n_layout}
+    if options.groups == "reducer":  # mean tokens per group at each sampled n_v (layout tokens in group 0)
+        shape["group_tokens"] = {"points": points["n_visual"],
+                                 "counts": np.mean(np.array(group_tokens, dtype=float), axis=0).tolist()}
     artifact = {
         "format": ARTIFACT_FORMAT,
         "model": model.name,
         "layers": L,
         "options": options.as_dict(),
+        "groups": groups,
         "calibration": {"source": source, "samples": [s.id for s in samples]},
-        "shape": {"n_visual_max": runners[0].n_max, "n_other": n_other, "n_layout": n_layout},
-        "curves": {p: {"points": points[p], "values": mean[p]} for p in PARAMETERS},
-        "reference_divergence": mean["reference"],
+        "shape": shape,
+        "curves": {name: {"points": points[name.split(".")[0]], "values": mean[name]}
+                   for name in mean if name != "reference"},
+        "reference_divergence": mean["reference"][0],
         "forward_passes": sum(r.passes for r in runners),
         "layer_passes": sum(r.layer_passes for r in runners),
         "seconds": time.perf_counter() - start,
@@ -225,11 +289,13 @@ def choose(artifact: dict, card, budget: Budget | str) -> dict:
         raise ReproError("DOP budgets are FLOPs budgets: use ratio:R or tflops:X")
     shape, semantics = artifact["shape"], artifact["options"]["mha_semantics"]
     L, n_max = artifact["layers"], shape["n_visual_max"]
+    unpruned = flops.unpruned_prefill_flops(card, round(shape["n_other"] + n_max + shape["n_layout"]), "paper")
+    ceiling = budget.max_flops(unpruned)
+    if artifact["options"].get("groups", "single") == "reducer":
+        return _choose_grouped(artifact, card, budget, ceiling, unpruned)
     n_visual = np.arange(n_max + 1)
     cost = flops_grid(card, shape["n_other"], n_visual + round(shape["n_layout"]), "paper", semantics)
     # layout tokens (LLaVA-NeXT newlines) follow the visual depths, so they count with n_visual
-    unpruned = flops.unpruned_prefill_flops(card, round(shape["n_other"] + n_max + shape["n_layout"]), "paper")
-    ceiling = budget.max_flops(unpruned)
     estimate = additive_estimate(artifact)
     depth = np.arange(L + 1)
     bound = mlp_depth_bound(depth, L, semantics)
@@ -243,6 +309,18 @@ def choose(artifact: dict, card, budget: Budget | str) -> dict:
     return {"budget": str(budget), "policy": Policy.single(int(n), int(a), int(p)).as_dict(),
             "predicted_divergence": float(score[n, a, p]), "tflops": float(cost[n, a, p]) / 1e12,
             "ratio": float(cost[n, a, p] / unpruned)}
+
+
+def _choose_grouped(artifact: dict, card, budget: Budget, ceiling: float, unpruned: int) -> dict:
+    found = grouped.best_policy(artifact, card, ceiling)
+    if found is None:
+        cheapest = grouped.policy_cost(artifact, card, Policy(0, ((0, 0),) * len(artifact["groups"])))
+        raise ReproError(f"no DOP policy meets {budget}: the cheapest costs {cheapest / 1e12:.4g} TFLOPs "
+                         f"> {ceiling / 1e12:.4g} allowed (on the calibration set's mean shape)")
+    policy, score = found
+    cost = grouped.policy_cost(artifact, card, policy)
+    return {"budget": str(budget), "policy": policy.as_dict(), "predicted_divergence": score,
+            "tflops": cost / 1e12, "ratio": cost / unpruned}
 
 
 def save_artifact(artifact: dict, path: Path | str) -> Path:
