@@ -245,38 +245,55 @@ def _run_generate(args: argparse.Namespace) -> int:
 # --- search ---------------------------------------------------------------------------------
 
 
-def _configure_search(parser: argparse.ArgumentParser) -> None:
-    # option values are checked by SearchOptions.check (importing it here would load torch)
-    parser.add_argument("method", choices=["dop"], help="the method whose policy is searched")
-    parser.add_argument("--model", required=True)
+def _add_search_options(parser: argparse.ArgumentParser) -> None:
+    """The options of a DOP search (values are checked by SearchOptions.check, which needs torch)."""
     parser.add_argument("--reducer", default="vispruner", help="a registered pre-LLM method (default vispruner)")
     parser.add_argument("--calibration", default="tinyworld", help="tinyworld or tinyworld:KEY,KEY (validation splits)")
-    parser.add_argument("--samples", type=_non_negative_int, default=25)
     parser.add_argument("--budgets", default="ratio:0.14,ratio:0.23", help="comma-separated ratio:R / tflops:X")
-    parser.add_argument("--out", required=True, help="artifact path (JSON)")
     parser.add_argument("--mha-semantics", default="drop", help="drop (default) or query_skip")
     parser.add_argument("--kl-direction", default="forward", help="forward (default) or reverse")
     parser.add_argument("--kl-tokens", type=int, default=1, help="answer tokens the KL averages over (default 1)")
     parser.add_argument("--interpolation", default="linear", help="linear (default) or pchip (monotone cubic)")
-    parser.add_argument("--groups", default="single")
+    parser.add_argument("--groups", default="single",
+                        help="single (default: one visual group) or reducer (D_A, D_P per reducer token group)")
     parser.add_argument("--depth-step", type=int, default=4, help="layers between sampled depths (ends included)")
     parser.add_argument("--visual-points", type=int, default=8, help="sampled visual-token counts")
 
 
-def _run_search(args: argparse.Namespace) -> int:
+def _search_options(args: argparse.Namespace):
     import repro
-    from repro.calibration import calibration_samples
-    from repro.methods.dop.search import SearchOptions, save_artifact, search
+    from repro.methods.dop.search import SearchOptions
 
     options = SearchOptions(reducer=args.reducer, mha_semantics=args.mha_semantics, kl_direction=args.kl_direction,
                             kl_tokens=args.kl_tokens, interpolation=args.interpolation, groups=args.groups,
                             depth_step=args.depth_step, visual_points=args.visual_points)
     options.check()
     repro.method(args.reducer, "tokens:1")  # an unknown reducer fails before any compute
+    options.group_names()  # groups=reducer with a reducer that has none fails before any compute
+    return options
+
+
+def _budget_list(text: str) -> list[str]:
+    return [b.strip() for b in text.split(",") if b.strip()]
+
+
+def _configure_search(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("method", choices=["dop"], help="the method whose policy is searched")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--samples", type=_non_negative_int, default=25)
+    parser.add_argument("--out", required=True, help="artifact path (JSON)")
+    _add_search_options(parser)
+
+
+def _run_search(args: argparse.Namespace) -> int:
+    import repro
+    from repro.calibration import calibration_samples
+    from repro.methods.dop.search import save_artifact, search
+
+    options = _search_options(args)
     model = repro.load(args.model)
     samples = calibration_samples(args.calibration, args.samples)
-    budgets = [b.strip() for b in args.budgets.split(",") if b.strip()]
-    artifact = search(model, samples, budgets, options, source=args.calibration)
+    artifact = search(model, samples, _budget_list(args.budgets), options, source=args.calibration)
     path = save_artifact(artifact, args.out)
     print(f"wrote {path}: {artifact['forward_passes']} forward passes in {artifact['seconds']:.1f} s")
     for chosen in artifact["budgets"]:
@@ -288,38 +305,95 @@ def _run_search(args: argparse.Namespace) -> int:
 # --- analyze --------------------------------------------------------------------------------
 
 
+ANALYSES = {
+    "dop-proxy": "additive estimate vs measured joint KL of random feasible policies (Spearman)",
+    "dop-curves": "the single-parameter divergence curves of an artifact",
+    "dop-samples": "search time and held-out KL of the chosen policies vs calibration samples (e.g. 25,50,100)",
+    "dop-transfer": "a policy searched on --model applied to --target-model (depths rescaled) vs searched there",
+}
+
+
 def _configure_analyze(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("analysis", choices=["dop-proxy", "dop-curves"],
-                        help="dop-proxy: additive estimate vs measured joint KL (Spearman); dop-curves: the sweeps")
-    parser.add_argument("--artifact", required=True, help="a DOP search artifact")
-    parser.add_argument("--model", default=None, help="dop-proxy: the model (default: the artifact's)")
+    parser.add_argument("analysis", choices=list(ANALYSES), help="; ".join(f"{k}: {v}" for k, v in ANALYSES.items()))
+    parser.add_argument("--artifact", default=None, help="dop-proxy, dop-curves: a DOP search artifact")
+    parser.add_argument("--model", default=None,
+                        help="dop-proxy: the model (default: the artifact's); dop-samples: the model; "
+                             "dop-transfer: the source model")
+    parser.add_argument("--target-model", default=None, help="dop-transfer: the model the policy is applied to")
     parser.add_argument("--policies", type=_non_negative_int, default=200, help="dop-proxy: random feasible policies")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sample-counts", default="25,50,100", help="dop-samples: calibration sizes searched")
+    parser.add_argument("--samples", type=_non_negative_int, default=25, help="dop-transfer: calibration samples")
+    parser.add_argument("--heldout", type=_non_negative_int, default=25,
+                        help="dop-samples, dop-transfer: held-out samples (after the calibration ones) for the true KL")
     parser.add_argument("--out", default="results/dop", help="output folder for CSV + PNG (default results/dop)")
+    _add_search_options(parser)
 
 
 def _run_analyze(args: argparse.Namespace) -> int:
-    from repro.methods.dop import analyses, load_artifact
-
-    artifact = load_artifact(args.artifact)
-    name = f"{args.analysis}-{artifact['model']}"
-    if args.analysis == "dop-curves":
-        paths = analyses.write_curves(artifact, args.out, name)
+    if args.analysis in ("dop-proxy", "dop-curves"):
+        paths = _run_artifact_analysis(args)
     else:
-        import repro
-        from repro.calibration import calibration_samples
-
-        cal = artifact["calibration"]
-        samples = calibration_samples(cal["source"], len(cal["samples"]))
-        if [s.id for s in samples] != cal["samples"]:
-            raise ReproError("the artifact's calibration samples cannot be rebuilt from its source; rerun the search")
-        result = analyses.proxy_vs_truth(repro.load(args.model or artifact["model"]), artifact, samples,
-                                         args.policies, args.seed)
-        paths = analyses.write_proxy_analysis(result, args.out, name)
-        print(f"Spearman rho = {result['spearman_rho']:.3f}, p = {result['p_value']:.2e} over {args.policies} policies")
+        paths = _run_search_study(args)
     for path in paths:
         print(f"wrote {path}")
     return 0
+
+
+def _run_artifact_analysis(args: argparse.Namespace) -> list:
+    from repro.methods.dop import analyses, load_artifact
+
+    if not args.artifact:
+        raise ReproError(f"{args.analysis} needs --artifact (from `python -m repro search dop ...`)")
+    artifact = load_artifact(args.artifact)
+    name = f"{args.analysis}-{artifact['model']}"
+    if args.analysis == "dop-curves":
+        return analyses.write_curves(artifact, args.out, name)
+    import repro
+    from repro.calibration import calibration_samples
+
+    cal = artifact["calibration"]
+    samples = calibration_samples(cal["source"], len(cal["samples"]))
+    if [s.id for s in samples] != cal["samples"]:
+        raise ReproError("the artifact's calibration samples cannot be rebuilt from its source; rerun the search")
+    result = analyses.proxy_vs_truth(repro.load(args.model or artifact["model"]), artifact, samples,
+                                     args.policies, args.seed)
+    print(f"Spearman rho = {result['spearman_rho']:.3f}, p = {result['p_value']:.2e} over {args.policies} policies")
+    return analyses.write_proxy_analysis(result, args.out, name)
+
+
+def _run_search_study(args: argparse.Namespace) -> list:
+    if not args.model or (args.analysis == "dop-transfer" and not args.target_model):
+        raise ReproError(f"{args.analysis} needs --model" + (" and --target-model" if args.analysis == "dop-transfer" else ""))
+    try:
+        counts = [int(c) for c in args.sample_counts.split(",") if c.strip()]
+    except ValueError:
+        raise ReproError(f"--sample-counts must be comma-separated integers, got {args.sample_counts!r}") from None
+    if not counts or min(counts) < 1:
+        raise ReproError("--sample-counts needs positive counts")
+    import repro
+    from repro.calibration import calibration_samples
+    from repro.methods.dop import studies
+
+    options = _search_options(args)
+    budgets = _budget_list(args.budgets)
+    model = repro.load(args.model)
+    if args.analysis == "dop-samples":
+        samples = calibration_samples(args.calibration, max(counts) + args.heldout)
+        rows = studies.samples_study(model, samples, counts, args.heldout, budgets, options, source=args.calibration,
+                                     progress=True)
+        for row in rows:
+            print(f"{row['samples']:>4} samples  {row['seconds']:8.2f} s  {row['budget']}: held-out KL "
+                  f"{row['heldout_kl']:.4g} (predicted {row['predicted_kl']:.4g})")
+        return studies.write_samples_study(rows, args.out, f"dop-samples-{model.name}")
+    target = repro.load(args.target_model)
+    samples = calibration_samples(args.calibration, args.samples + args.heldout)
+    rows = studies.transfer_study(model, target, samples, args.samples, args.heldout, budgets, options,
+                                  source=args.calibration, progress=True)
+    for row in rows:
+        print(f"{row['budget']} {row['policy_kind']:>11}: {row['policy']} held-out KL {row['heldout_kl']:.4g} "
+              f"({row['target_ratio']:.1%} of unpruned on {row['target']})")
+    return studies.write_transfer_study(rows, args.out, f"dop-transfer-{model.name}-to-{target.name}")
 
 
 # --- latency --------------------------------------------------------------------------------
@@ -400,6 +474,100 @@ def _fmt(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+# --- sweep / tables / check ---------------------------------------------------------------
+
+
+def _configure_sweep(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("spec", help="a sweep spec, e.g. sweeps/tiny/main.yaml")
+    parser.add_argument("--store", default=None, help="results store (default results/<profile>/store)")
+    parser.add_argument("--models", default=None, help="comma-separated subset of the spec's models")
+    parser.add_argument("--limit", type=_non_negative_int, default=None, help="override the spec's documents per task")
+    parser.add_argument("--executor", choices=["local", "slurm"], default="local",
+                        help="local: in this process (default); slurm: submitit jobs")
+    parser.add_argument("--slurm-partition", default=None)
+    parser.add_argument("--gpus-per-job", type=_non_negative_int, default=1)
+    parser.add_argument("--cpus-per-job", type=_non_negative_int, default=8)
+    parser.add_argument("--rows-per-job", type=_non_negative_int, default=1,
+                        help="rows (model x method x budget x seed, all tasks) per SLURM job")
+    parser.add_argument("--slurm-timeout-min", type=_non_negative_int, default=24 * 60)
+    parser.add_argument("--slurm-cluster", choices=["slurm", "local", "debug"], default=None,
+                        help="submitit cluster (default: SLURM when available); 'local' runs the jobs as local processes")
+    parser.add_argument("--staged", default=None, help="paper profile: staged datasets (default: the spec's, else data/staged)")
+    parser.add_argument("--data-dir", default=None, help="tiny profile: tiny-world data (default: the per-user cache)")
+    parser.add_argument("--tables", default=None, help="table folder (default paper_tables/<profile>)")
+    parser.add_argument("--figures", default=None, help="figure folder (default results/<profile>/figures)")
+    parser.add_argument("--threads", type=_non_negative_int, default=None, help="torch CPU threads (default: the spec's `threads`)")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and the missing inputs; compute nothing")
+
+
+def _run_sweep(args: argparse.Namespace) -> int:
+    from repro.runner.plan import make_plan
+    from repro.runner.report import default_figures_dir, default_tables_dir, write_reports
+    from repro.runner.spec import load_spec
+    from repro.runner.store import Store
+    from repro.runner.sweep import default_store, run_sweep
+
+    models = [m for m in (args.models or "").split(",") if m and m != "all"] or None
+    spec = load_spec(args.spec, models=models, limit=args.limit)
+    staged = Path(args.staged) if args.staged else (Path(spec.staged) if spec.staged else None)
+    if args.dry_run:
+        plan = make_plan(spec, staged)
+        print("\n".join(plan.lines()))
+        return 0
+    from repro.runner.executors import SlurmOptions
+
+    store = Path(args.store) if args.store else default_store(spec.profile)
+    slurm = SlurmOptions(partition=args.slurm_partition, gpus_per_job=args.gpus_per_job, cpus_per_job=args.cpus_per_job,
+                         timeout_min=args.slurm_timeout_min, rows_per_job=args.rows_per_job, cluster=args.slurm_cluster)
+    run_sweep(spec, store, executor=args.executor, slurm=slurm, data_dir=args.data_dir, staged=staged,
+              threads=args.threads)
+    for path in write_reports(spec, Store(store), args.tables or default_tables_dir(spec.profile),
+                              args.figures or default_figures_dir(spec.profile)):
+        print(f"wrote {path}")
+    return 0
+
+
+def _configure_tables(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("spec", help="the sweep spec whose table to regenerate from the store")
+    parser.add_argument("--store", default=None, help="results store (default results/<profile>/store)")
+    parser.add_argument("--tables", default=None, help="table folder (default paper_tables/<profile>)")
+    parser.add_argument("--figures", default=None, help="figure folder (default results/<profile>/figures)")
+
+
+def _run_tables(args: argparse.Namespace) -> int:
+    from repro.runner.report import default_figures_dir, default_tables_dir, write_reports
+    from repro.runner.spec import load_spec
+    from repro.runner.store import Store
+    from repro.runner.sweep import default_store
+
+    spec = load_spec(args.spec)
+    store = Store(args.store or default_store(spec.profile))
+    for path in write_reports(spec, store, args.tables or default_tables_dir(spec.profile),
+                              args.figures or default_figures_dir(spec.profile)):
+        print(f"wrote {path}")
+    return 0
+
+
+def _configure_check(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profile", choices=["tiny", "paper"], default="tiny")
+    parser.add_argument("--spec", default=None, help="sweep spec (default sweeps/<profile>/main.yaml)")
+    parser.add_argument("--store", default=None, help="results store (default results/<profile>/store)")
+    parser.add_argument("--reference", default=None,
+                        help="reference registry (default: paper_tables/golden/tiny.csv for tiny, "
+                             "paper_tables/reported/*.csv for paper)")
+    parser.add_argument("--tolerances", default="paper_tables/tolerances.yaml", help="per-metric tolerances")
+    parser.add_argument("--update-golden", action="store_true",
+                        help="tiny: rewrite the golden registry from the store (after the weights change)")
+    parser.add_argument("--out", default=None, help="also write the check table (md/tex/csv) into this folder")
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    from repro.check import run_check
+
+    return run_check(profile=args.profile, spec_path=args.spec, store=args.store, reference=args.reference,
+                     tolerances=args.tolerances, update_golden=args.update_golden, out=args.out)
+
+
 COMMANDS: "MappingProxyType[str, Command]" = MappingProxyType(
     {
         "models": Command("list the registered checkpoints and whether weights are cached", _configure_models, _run_models),
@@ -409,10 +577,15 @@ COMMANDS: "MappingProxyType[str, Command]" = MappingProxyType(
                             _configure_generate, _run_generate),
         "search": Command("search a DOP policy (additive approximation) and write its artifact",
                           _configure_search, _run_search),
-        "analyze": Command("DOP analyses (proxy vs truth, divergence curves) as CSV + PNG",
+        "analyze": Command("DOP analyses (proxy vs truth, curves, calibration size, transfer) as CSV + PNG",
                            _configure_analyze, _run_analyze),
         "latency": Command("time each stage (vision, prefill, decode) per method and budget; the latency table",
                            _configure_latency, _run_latency),
+        "sweep": Command("run a sweep spec into the results store (resumable), then write its table and figures",
+                         _configure_sweep, _run_sweep),
+        "tables": Command("regenerate a sweep's table and figures from the store", _configure_tables, _run_tables),
+        "check": Command("compare reproduced cells with reported (paper) or golden (tiny) numbers",
+                         _configure_check, _run_check),
     }
 )
 

@@ -240,9 +240,15 @@ def bench_llava15(seed: int = 0, **kwargs):
     return tiny_llava15(seed, image_size=336, text=BENCH_TEXT, **kwargs)
 
 
+def tiny_llava15_deep(seed: int = 1, **kwargs):
+    """Tiny LLaVA-1.5 with 8 decoder layers (twice the depth): a target for DOP policy transfer."""
+    return tiny_llava15(seed, text={"num_hidden_layers": 8}, **kwargs)
+
+
 TINY_BUILDERS = {
     "bench-llava-1.5": bench_llava15,
     "tiny-llava-1.5": tiny_llava15,
+    "tiny-llava-1.5-deep": tiny_llava15_deep,
     "tiny-llava-next": tiny_llava_next,
     "tiny-qwen2.5-vl": tiny_qwen25vl,
     "tiny-internvl3": tiny_internvl3,

@@ -1,21 +1,29 @@
 """DOP analyses: does the additive proxy rank policies like the true joint divergence, and what do
-the single-parameter curves look like. Each writes a CSV and a PNG (matplotlib, Agg)."""
+the single-parameter curves look like. Each writes a CSV and a PNG (matplotlib, Agg). Both work
+on single and per-group (`groups="reducer"`) artifacts."""
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
 
 from repro.errors import ReproError
+from repro.methods.dop import grouped
+from repro.methods.dop.outputs import pyplot, save_png, write_csv
 from repro.methods.dop.policy import Policy, flops_grid, mlp_depth_bound
-from repro.methods.dop.search import PARAMETERS, SampleRunner, SearchOptions, additive_estimate, predicted_divergence
+from repro.methods.dop.search import SampleRunner, SearchOptions, additive_estimate, interpolate, policy_flops
+
+
+def is_grouped(artifact: dict) -> bool:
+    return artifact["options"].get("groups", "single") == "reducer"
 
 
 def random_feasible_policies(artifact: dict, card, n: int, seed: int = 0, max_ratio: float = 1.0) -> list[Policy]:
     """`n` distinct policies drawn uniformly from the canonical grid (D_P within its bound) whose
     FLOPs on the calibration set's mean shape are at most `max_ratio` of the unpruned ones."""
+    if is_grouped(artifact):
+        return _random_grouped_policies(artifact, card, n, seed, max_ratio)
     shape, semantics, L = artifact["shape"], artifact["options"]["mha_semantics"], artifact["layers"]
     n_max = shape["n_visual_max"]
     cost = flops_grid(card, shape["n_other"], np.arange(n_max + 1) + round(shape["n_layout"]), "paper", semantics)
@@ -29,6 +37,33 @@ def random_feasible_policies(artifact: dict, card, n: int, seed: int = 0, max_ra
     return [Policy.single(int(v), int(a), int(p)) for v, a, p in picks]
 
 
+def _random_grouped_policies(artifact: dict, card, n: int, seed: int, max_ratio: float) -> list[Policy]:
+    """Per-group form: uniform draws from the canonical grid, kept when within `max_ratio` (the grid
+    has (n_max+1)·(L+1)^(2G) points, too many to list)."""
+    L, G, n_max = artifact["layers"], len(artifact["groups"]), artifact["shape"]["n_visual_max"]
+    bound = mlp_depth_bound(np.arange(L + 1), L, artifact["options"]["mha_semantics"])
+    rng = np.random.default_rng(seed)
+    found: dict[Policy, None] = {}
+    for _ in range(200 * n):
+        attention = rng.integers(0, L + 1, G)
+        policy = Policy(int(rng.integers(0, n_max + 1)),
+                        tuple((int(a), int(rng.integers(0, bound[a] + 1))) for a in attention))
+        cost, unpruned = policy_flops(artifact, card, policy)
+        if cost <= max_ratio * unpruned:
+            found[policy] = None
+            if len(found) == n:
+                return list(found)
+    raise ReproError(f"found only {len(found)} distinct feasible per-group policies, {n} asked")
+
+
+def proxy_estimates(artifact: dict, policies: list[Policy]) -> np.ndarray:
+    """D̂ of each policy (single or per-group form)."""
+    if is_grouped(artifact):
+        return grouped.estimate(artifact, policies)
+    grid = additive_estimate(artifact)
+    return np.array([grid[p.n_visual, p.depths[0][0], p.depths[0][1]] for p in policies])
+
+
 def proxy_vs_truth(model, artifact: dict, samples, n_policies: int = 200, seed: int = 0) -> dict:
     """Additive estimate D̂ vs the measured joint divergence D for random feasible policies.
 
@@ -39,69 +74,49 @@ def proxy_vs_truth(model, artifact: dict, samples, n_policies: int = 200, seed: 
     options = SearchOptions(**artifact["options"])
     policies = random_feasible_policies(artifact, model.card, n_policies, seed)
     runners = [SampleRunner(model, s.images, s.question, options) for s in samples]
-    estimate = additive_estimate(artifact)
     rows = []
-    for policy in policies:
-        (a, p), = policy.depths
+    for policy, proxy in zip(policies, proxy_estimates(artifact, policies)):
         truth = float(np.mean([r.divergence(policy) for r in runners]))
-        rows.append({"n_visual": policy.n_visual, "attention_depth": a, "mlp_depth": p,
-                     "proxy": float(estimate[policy.n_visual, a, p]), "true": truth})
+        depths = {f"{p}{_suffix(artifact, g)}": d for g, pair in zip(artifact.get("groups", ["visual"]), policy.depths)
+                  for p, d in zip(grouped.DEPTH_PARAMETERS, pair)}
+        rows.append({"n_visual": policy.n_visual, **depths, "proxy": float(proxy), "true": truth})
     rho, p_value = spearmanr([r["proxy"] for r in rows], [r["true"] for r in rows])
     return {"rows": rows, "spearman_rho": float(rho), "p_value": float(p_value)}
 
 
+def _suffix(artifact: dict, group: str) -> str:
+    return f".{group}" if is_grouped(artifact) else ""
+
+
 def write_proxy_analysis(result: dict, out_dir: Path | str, name: str) -> list[Path]:
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    table = out / f"{name}.csv"
-    with table.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(result["rows"][0]))
-        writer.writeheader()
-        writer.writerows(result["rows"])
-    plt = _pyplot()
+    table = write_csv(result["rows"], out / f"{name}.csv")
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.5, 4))
     ax.scatter([r["proxy"] for r in result["rows"]], [r["true"] for r in result["rows"]], s=10)
     ax.set_xlabel("additive estimate D̂")
     ax.set_ylabel("measured joint KL")
     ax.set_title(f"Spearman ρ = {result['spearman_rho']:.3f} (p = {result['p_value']:.1e})")
-    return [table, _save(plt, fig, out / f"{name}.png")]
+    return [table, save_png(plt, fig, out / f"{name}.png")]
 
 
 def write_curves(artifact: dict, out_dir: Path | str, name: str) -> list[Path]:
-    """The three single-parameter divergence curves: sampled points and the interpolation."""
+    """Every single-parameter divergence curve: sampled points and the interpolation."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    table = out / f"{name}.csv"
-    with table.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["parameter", "value", "divergence"])
-        for parameter in PARAMETERS:
-            curve = artifact["curves"][parameter]
-            writer.writerows([parameter, x, y] for x, y in zip(curve["points"], curve["values"]))
-    plt = _pyplot()
-    interpolated = predicted_divergence(artifact)[:3]
-    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
-    for ax, parameter, line in zip(axes, PARAMETERS, interpolated):
-        curve = artifact["curves"][parameter]
-        ax.plot(np.arange(len(line)), line, lw=1)
+    curves = artifact["curves"]
+    rows = [{"parameter": p, "value": x, "divergence": y}
+            for p, c in curves.items() for x, y in zip(c["points"], c["values"])]
+    table = write_csv(rows, out / f"{name}.csv")
+    sizes = {"n_visual": artifact["shape"]["n_visual_max"] + 1}
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(curves), figsize=(3.7 * len(curves), 3.2), squeeze=False)
+    for ax, (parameter, curve) in zip(axes[0], curves.items()):
+        size = sizes.get(parameter, artifact["layers"] + 1)
+        ax.plot(np.arange(size), interpolate(curve["points"], curve["values"], size,
+                                             artifact["options"]["interpolation"]), lw=1)
         ax.scatter(curve["points"], curve["values"], s=12)
         ax.set_xlabel(parameter)
         ax.set_ylabel("KL to unpruned")
     fig.suptitle(f"{artifact['model']}: single-parameter divergence curves")
-    return [table, _save(plt, fig, out / f"{name}.png")]
+    return [table, save_png(plt, fig, out / f"{name}.png")]
 
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(plt, fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path

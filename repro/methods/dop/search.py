@@ -311,6 +311,20 @@ def choose(artifact: dict, card, budget: Budget | str) -> dict:
             "ratio": float(cost[n, a, p] / unpruned)}
 
 
+def policy_flops(artifact: dict, card, policy: Policy) -> tuple[float, float]:
+    """(prefill FLOPs of `policy`, of the unpruned model), `paper` convention, on the artifact's
+    calibration mean shape; n_visual is capped at what the images have."""
+    shape, semantics = artifact["shape"], artifact["options"]["mha_semantics"]
+    n_max = shape["n_visual_max"]
+    policy = Policy(min(policy.n_visual, n_max), policy.depths)
+    unpruned = flops.unpruned_prefill_flops(card, round(shape["n_other"] + n_max + shape["n_layout"]), "paper")
+    if artifact["options"].get("groups", "single") == "reducer":
+        return float(grouped.policy_cost(artifact, card, policy)), float(unpruned)
+    (a, p), = policy.depths
+    grid = flops_grid(card, shape["n_other"], np.array([policy.n_visual + round(shape["n_layout"])]), "paper", semantics)
+    return float(grid[0, a, p]), float(unpruned)
+
+
 def _choose_grouped(artifact: dict, card, budget: Budget, ceiling: float, unpruned: int) -> dict:
     found = grouped.best_policy(artifact, card, ceiling)
     if found is None:
