@@ -175,3 +175,26 @@ def test_groups_need_a_reducer_with_groups(tiny_models):
     dop = repro.method("dop", policy=Policy(20, ((2, 1), (3, 1))), reducer="uniform")
     with pytest.raises(ReproError, match="tags token groups"):
         model.generate(make_image(0), QUESTION, method=dop, max_new_tokens=1)
+
+
+def test_proxy_analysis_and_curves_on_a_grouped_artifact(tiny_models, artifact, tmp_path):
+    from repro.methods.dop import analyses
+
+    model = tiny_models[MODEL]["sdpa"]
+    policies = analyses.random_feasible_policies(artifact, model.card, 8, seed=2, max_ratio=0.9)
+    assert len(set(policies)) == 8 and all(len(p.depths) == 2 for p in policies)
+    assert all(search_policy_ratio(artifact, model.card, p) <= 0.9 for p in policies)
+    result = analyses.proxy_vs_truth(model, artifact, samples(2), n_policies=8, seed=2)
+    assert [r["proxy"] for r in result["rows"]] == pytest.approx(
+        grouped.estimate(artifact, analyses.random_feasible_policies(artifact, model.card, 8, seed=2)).tolist())
+    assert {"attention_depth.important", "mlp_depth.diverse"} <= set(result["rows"][0])
+    paths = analyses.write_curves(artifact, tmp_path, "curves")
+    assert (tmp_path / "curves.csv").read_text().count("\n") == 1 + sum(len(c["points"]) for c in artifact["curves"].values())
+    assert all(p.stat().st_size > 0 for p in paths)
+
+
+def search_policy_ratio(artifact, card, policy):
+    from repro.methods.dop.search import policy_flops
+
+    cost, unpruned = policy_flops(artifact, card, policy)
+    return cost / unpruned

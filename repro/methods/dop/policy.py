@@ -126,15 +126,23 @@ def grouped_flops(card: ArchCard, n_other: int, counts: np.ndarray, attention_de
     """Prefill FLOPs of per-group policies, element-wise over leading axes.
 
     `counts`, `attention_depths`, `mlp_depths`: integer arrays [..., G] (tokens, D_A, raw D_P per
-    group); D_P is clamped to its bound as the engine does. Summed layer by layer.
+    group); D_P is clamped to its bound as the engine does. With the depths sorted, the layers
+    between consecutive depths see a fixed set of groups, so the sum over layers has G + 1 terms.
     """
     L = card.layers
-    counts, d_a = np.asarray(counts, dtype=np.int64), np.asarray(attention_depths)
-    d_p = np.minimum(np.asarray(mlp_depths), mlp_depth_bound(d_a, L, mha_semantics))
+    counts, d_a = np.asarray(counts, dtype=np.int64), np.asarray(attention_depths, dtype=np.int64)
+    d_p = np.minimum(np.asarray(mlp_depths, dtype=np.int64), mlp_depth_bound(d_a, L, mha_semantics))
     counts, d_a, d_p = np.broadcast_arrays(counts, d_a, d_p)
-    total = np.zeros(counts.shape[:-1], dtype=np.int64)
-    for layer in range(L):
-        queries = n_other + (counts * (d_a > layer)).sum(-1)
-        keys = n_other + counts.sum(-1) if mha_semantics == "query_skip" else queries
-        total += flops.token_flops(card, queries, keys, n_other + (counts * (d_p > layer)).sum(-1), convention)
-    return total
+    order = np.argsort(d_a, axis=-1)
+    depth = np.take_along_axis(d_a, order, -1)  # ascending; layers [depth[j-1], depth[j]) see groups ranked >= j
+    active = np.flip(np.cumsum(np.flip(np.take_along_axis(counts, order, -1), -1), -1), -1)  # suffix sums
+    span = np.diff(depth, axis=-1, prepend=0)
+    all_keys = n_other + counts.sum(-1)
+    total = (L - depth[..., -1]) * flops.token_flops(card, n_other, all_keys if mha_semantics == "query_skip"
+                                                     else n_other, 0, convention)
+    for j in range(counts.shape[-1]):
+        queries = n_other + active[..., j]
+        keys = all_keys if mha_semantics == "query_skip" else queries
+        total = total + span[..., j] * flops.token_flops(card, queries, keys, 0, convention)
+    mlp_tokens = L * n_other + (counts * d_p).sum(-1)  # the MLP is linear in tokens
+    return total + flops.token_flops(card, 0, 0, mlp_tokens, convention)
