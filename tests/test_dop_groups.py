@@ -76,7 +76,8 @@ def test_vispruner_tags_important_and_diverse_tokens(tiny_models):
                                                ((48, (4, 4), (2, 1)), "drop")])
 def test_grouped_flops_equal_the_engine_records(tiny_models, policy, semantics):
     model = tiny_models[MODEL]["sdpa"]
-    dop = repro.method("dop", policy=Policy(policy[0], policy[1:]), reducer="vispruner", mha_semantics=semantics)
+    dop = repro.method("dop", policy=policy, reducer="vispruner", mha_semantics=semantics)  # (n_v, (D_A, D_P), …)
+    assert dop.policy == Policy(policy[0], policy[1:])
     image = make_image(1, (150, 90))
     result = model.generate(image, QUESTION, method=dop, max_new_tokens=1)
     prepared = model.prepare(image, QUESTION)

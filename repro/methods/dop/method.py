@@ -20,8 +20,8 @@ from repro.methods.registry import register
                     "reducer": "any registered pre-LLM method; 'uniform' needs no scores",
                     "transfer": "True: apply an artifact searched on another model (depths rescaled)"})
 class DOP(Method):
-    """Run a policy (`policy=(n_v, D_A, D_P)`, or a `Policy` with one (D_A, D_P) per reducer
-    group), or the policy an artifact chose for `budget`.
+    """Run a policy (`policy=(n_v, D_A, D_P)`, or `(n_v, (D_A, D_P), …)` / a `Policy` with one
+    (D_A, D_P) per reducer group), or the policy an artifact chose for `budget`.
 
     A per-group policy needs a reducer with token groups (VisPruner: important, diverse); the
     reducer then runs even at full budget, since it is what tags the groups.
@@ -47,8 +47,7 @@ class DOP(Method):
             reducer, reducer_options, mha_semantics = opts["reducer"], opts["reducer_options"], opts["mha_semantics"]
             self.policy, self.policy_layers = None, self.artifact["layers"]
         else:
-            self.policy = policy if isinstance(policy, Policy) else (
-                Policy.from_dict(policy) if isinstance(policy, dict) else Policy.single(*policy))
+            self.policy = as_policy(policy)
             self.policy_layers = policy_layers
         self.reducer, self.reducer_options = reducer, dict(reducer_options or {})
         self.mha_semantics, self.transfer = mha_semantics, transfer
@@ -94,3 +93,15 @@ class DOP(Method):
                                  "does not (use vispruner, or a single (n_v, D_A, D_P) policy)")
         return policy_schedule(self.policy_for(model), seq.n_tokens, seq.visual, groups, model.card.layers,
                                self.mha_semantics)
+
+
+def as_policy(policy) -> Policy:
+    """A Policy from a Policy, its dict, (n_v, D_A, D_P), or (n_v, (D_A, D_P), (D_A, D_P), …) per group."""
+    if isinstance(policy, Policy):
+        return policy
+    if isinstance(policy, dict):
+        return Policy.from_dict(policy)
+    n_visual, *rest = policy
+    if rest and all(isinstance(pair, (list, tuple)) for pair in rest):
+        return Policy(int(n_visual), tuple((int(a), int(p)) for a, p in rest))
+    return Policy.single(int(n_visual), *map(int, rest))
