@@ -158,6 +158,8 @@ def test_per_group_enumeration_returns_the_brute_force_argmin(tiny_models, seman
 def test_grouped_artifact_drives_evaluation(tiny_models, artifact, tmp_path):
     model = tiny_models[MODEL]["sdpa"]
     assert artifact["shape"]["group_tokens"]["counts"][-1] == [28.0, 24.0]  # 48 patches + 4 newlines
+    # θ₀'s sequence (VisPruner at n_max) is the full one, so depth sweeps resumed from the prefix
+    assert artifact["layer_passes"] < artifact["forward_passes"] * model.card.layers
     path = save_artifact(artifact, tmp_path / "dop.json")
     for chosen in artifact["budgets"]:
         policy = Policy.from_dict(chosen["policy"])
