@@ -1,24 +1,26 @@
 #!/usr/bin/env bash
 # Regenerate a paper table.
 #   ./run_all.sh [--table main|budgets|flops|latency|dop] [--profile tiny|paper]
-#                [--models NAME[,NAME...]] [--executor local|slurm] [--dry-run]
-# Implemented so far: --table flops (analytic, needs no weights; the default table until the tiny
-# world's main table exists) and --table latency (tiny profile: a benchmark-size random LLaVA on CPU;
-# paper profile: the real architectures with random weights on CUDA).
+#                [--models NAME[,NAME...]] [--executor local|slurm] [--dry-run] [-- SWEEP OPTIONS]
+# main (default), budgets, dop: the sweep sweeps/<profile>/<table>.yaml (dop: dop-analyses.yaml) into
+# results/<profile>/store (resumable), then paper_tables/<profile>/<table>.{md,tex,csv} and
+# results/<profile>/figures/. flops: analytic. latency: the timing protocol.
+# Options after `--` go to `python -m repro sweep` (e.g. -- --slurm-partition gpu --gpus-per-job 1).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
 usage() {
-    sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
 }
 
-TABLE=flops
+TABLE=main
 PROFILE=tiny
 PROFILE_SOURCE="default: the paper's weights and a GPU are not assumed on this machine"
 MODELS=all
 EXECUTOR=local
 DRY_RUN=0
+EXTRA=()
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -27,6 +29,7 @@ while [[ $# -gt 0 ]]; do
         --models) MODELS="${2:?--models needs a value}"; shift 2 ;;
         --executor) EXECUTOR="${2:?--executor needs a value}"; shift 2 ;;
         --dry-run) DRY_RUN=1; shift ;;
+        --) shift; EXTRA=("$@"); break ;;
         -h|--help) usage; exit 0 ;;
         *) echo "error: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
     esac
@@ -57,8 +60,13 @@ case "$TABLE" in
         fi
         ;;
     main|budgets|dop)
-        echo "error: table '$TABLE' is not implemented yet (the runner and store of issue 7); --table flops and latency work" >&2
-        exit 2
+        SPEC="sweeps/$PROFILE/$TABLE.yaml"
+        [[ "$TABLE" == dop ]] && SPEC="sweeps/$PROFILE/dop-analyses.yaml"
+        echo "table: $TABLE (sweep $SPEC, executor $EXECUTOR)"
+        CMD=("$PY" -m repro sweep "$SPEC" --models "$MODELS" --executor "$EXECUTOR")
+        [[ "$DRY_RUN" == 1 ]] && CMD+=(--dry-run)
+        CMD+=(${EXTRA[@]+"${EXTRA[@]}"})
+        exec "${CMD[@]}"
         ;;
     *)
         echo "error: unknown table '$TABLE'; choose main, budgets, flops, latency or dop" >&2

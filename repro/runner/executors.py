@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from repro.errors import ReproError
 from repro.runner.spec import UNPRUNED, Cell
 from repro.runner.store import Store
 
@@ -152,9 +153,14 @@ class _Worker:
 
 
 def run_cells(cells: list[Cell], store_root: str, source: DataSource, commit: str = "unknown",
-              progress: bool = True) -> Outcome:
+              progress: bool = True, threads: int | None = None) -> Outcome:
     """Evaluate every unfinished cell of `cells` into the store at `store_root` (see module doc)."""
     from tqdm import tqdm
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
 
     store = Store(store_root)
     budgets: dict[str, list[str]] = defaultdict(list)
@@ -177,7 +183,10 @@ def run_cells(cells: list[Cell], store_root: str, source: DataSource, commit: st
                     print(f"{cell.describe()}: {status}; recomputing", flush=True)
                     store.discard(cell.key)
                     outcome.recomputed.append(cell.key)
-                rec = worker.compute(cell)
+                try:
+                    rec = worker.compute(cell)
+                except ReproError as err:
+                    raise ReproError(f"cell {cell.describe()}: {err}") from None
                 outcome.computed.append(cell.key)
                 stats = rec["budget_stats"]
                 bar.write(f"done {cell.describe()}: {rec['metrics']['benchmark']} {rec['metrics']['score']:.2f}, "
@@ -216,7 +225,8 @@ def jobs_of(cells: list[Cell], rows_per_job: int) -> list[list[Cell]]:
     return [sum(row_list[i:i + rows_per_job], []) for i in range(0, len(row_list), max(1, rows_per_job))]
 
 
-def run_slurm(cells: list[Cell], store_root: str, source: DataSource, commit: str, options: SlurmOptions) -> Outcome:
+def run_slurm(cells: list[Cell], store_root: str, source: DataSource, commit: str, options: SlurmOptions,
+              threads: int | None = None) -> Outcome:
     """Submit `run_cells` jobs through submitit, wait for them, and merge their outcomes."""
     import submitit
 
@@ -231,7 +241,7 @@ def run_slurm(cells: list[Cell], store_root: str, source: DataSource, commit: st
     executor.update_parameters(**params)
     groups = jobs_of(cells, options.rows_per_job)
     with executor.batch():
-        jobs = [executor.submit(run_cells, group, store_root, source, commit, False) for group in groups]
+        jobs = [executor.submit(run_cells, group, store_root, source, commit, False, threads) for group in groups]
     print(f"submitted {len(jobs)} job(s) ({len(cells)} cells); logs under {folder.parent}", flush=True)
     merged = Outcome()
     for job in jobs:

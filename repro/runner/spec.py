@@ -6,9 +6,11 @@ canonical config, so the same config always lands on the same store record and a
 
 Spec keys: `profile` (tiny|paper), `table`, `models`, `tasks` (task names or the groups
 `tinyworld` / `paper`), `split` (test|validation, tiny only), `limit` (documents per task; null =
-all), `seeds`, `dtype`, `attn`, `device`, `budgets` (default budgets of every method), `methods`
+all), `seeds`, `dtype`, `attn`, `device`, `budgets` (default budgets of every method: a list, or a mapping model -> list with an
+optional `default` entry, for native token budgets that differ per model), `methods`
 (list of {name, options, budgets, search}; `none` is the unpruned model), `revision` (hub revision of
-registry models, default main), `staged` (paper data folder).
+registry models, default main), `staged` (paper data folder), `threads` (torch CPU threads of the
+worker; speed only, never part of a key: on a shared 2-core machine 1 thread is ~8x faster than 2).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ FORMAT = "repro-cell/1"
 UNPRUNED = "none"
 PROFILES = ("tiny", "paper")
 SPEC_KEYS = {"profile", "table", "description", "models", "tasks", "split", "limit", "seeds", "dtype", "attn",
-             "device", "budgets", "methods", "revision", "staged", "figures"}
+             "device", "budgets", "methods", "revision", "staged", "figures", "threads"}
 METHOD_KEYS = {"name", "options", "budgets", "search", "label"}
 
 
@@ -40,6 +42,10 @@ class MethodEntry:
     budgets: tuple[str | None, ...] = (None,)
     search: dict | None = None  # DOP: the search that produces the artifact (run once, stored)
     label: str | None = None
+    model_budgets: dict = field(default_factory=dict)  # model -> budgets, where they differ per model
+
+    def budgets_for(self, model: str) -> tuple[str | None, ...]:
+        return self.model_budgets.get(model, self.budgets)
 
     @property
     def display(self) -> str:
@@ -62,6 +68,7 @@ class Spec:
     revision: str = "main"
     staged: str | None = None
     figures: tuple[str, ...] = ()
+    threads: int | None = None
 
 
 @dataclass(frozen=True)
@@ -146,7 +153,7 @@ def load_spec(path: Path | str, *, models: list[str] | None = None, limit: int |
     profile = raw.get("profile", "tiny")
     if profile not in PROFILES:
         raise ReproError(f"{p}: profile must be one of {', '.join(PROFILES)}, got {profile!r}")
-    default_budgets = tuple(str(b) for b in _as_list(raw.get("budgets"), "budgets", p)) or (None,)
+    default_budgets = _budgets(raw.get("budgets"), p)
     methods = tuple(_method_entry(m, default_budgets, p) for m in _as_list(raw.get("methods"), "methods", p))
     if not methods:
         raise ReproError(f"{p}: list at least one method under `methods` (`- name: none` is the unpruned model)")
@@ -167,7 +174,8 @@ def load_spec(path: Path | str, *, models: list[str] | None = None, limit: int |
                 limit=limit if limit is not None else raw.get("limit"), dtype=str(raw.get("dtype", "float32")),
                 attn=str(raw.get("attn", "sdpa")), device=str(raw.get("device", "cpu")),
                 revision=str(raw.get("revision", "main")), staged=raw.get("staged"),
-                figures=tuple(_as_list(raw.get("figures"), "figures", p)))
+                figures=tuple(_as_list(raw.get("figures"), "figures", p)),
+                threads=int(raw["threads"]) if raw.get("threads") else None)
     check_spec(spec)
     return spec
 
@@ -182,13 +190,23 @@ def _method_entry(m: Any, default_budgets: tuple, path: str) -> MethodEntry:
         raise ReproError(f"{path}: method {m['name']!r} has unknown key(s) {', '.join(unknown)}; "
                          f"allowed: {', '.join(sorted(METHOD_KEYS))}")
     name = str(m["name"])
-    budgets = tuple(str(b) for b in _as_list(m.get("budgets"), "budgets", path)) or default_budgets
-    if name == UNPRUNED:
-        budgets = (None,)
+    budgets = _budgets(m["budgets"], path) if m.get("budgets") else default_budgets
     options = m.get("options") or {}
     if not isinstance(options, dict):
         raise ReproError(f"{path}: options of method {name!r} must be a mapping")
-    return MethodEntry(name, dict(options), budgets, m.get("search"), m.get("label"))
+    if name == UNPRUNED:
+        return MethodEntry(name, {}, (None,), None, m.get("label"))
+    return MethodEntry(name, dict(options), budgets["default"], m.get("search"), m.get("label"),
+                       {k: v for k, v in budgets.items() if k != "default"})
+
+
+def _budgets(value: Any, path: str) -> dict[str, tuple]:
+    """{'default': (...), model: (...)} from a list or a model -> list mapping."""
+    if isinstance(value, dict):
+        out = {str(k): tuple(str(b) for b in _as_list(v, f"budgets.{k}", path)) for k, v in value.items()}
+        out.setdefault("default", (None,))
+        return out
+    return {"default": tuple(str(b) for b in _as_list(value, "budgets", path)) or (None,)}
 
 
 def expand_tasks(names: list[str], profile: str, split: str, path: str) -> list[str]:
@@ -246,7 +264,7 @@ def check_spec(spec: Spec) -> None:
 
             search_options(entry, spec.path)  # raises on bad search options
             continue
-        for budget in entry.budgets:
+        for budget in {b for m in spec.models for b in entry.budgets_for(m)}:
             try:
                 repro.method(entry.name, budget, **entry.options)
             except ReproError as err:
@@ -294,7 +312,7 @@ def expand(spec: Spec) -> list[Cell]:
     for model in spec.models:
         rev = model_revision(model, spec.revision)
         for entry in spec.methods:
-            for budget in entry.budgets:
+            for budget in entry.budgets_for(model):
                 for seed in spec.seeds:
                     for task in spec.tasks:
                         cells.append(Cell(model=model, model_revision=rev, method=entry.name,

@@ -26,10 +26,11 @@ def default_store(profile: str) -> Path:
 
 def run_sweep(spec: Spec, store_root: Path | str, *, executor: str = "local", slurm: SlurmOptions | None = None,
               data_dir: Path | str | None = None, staged: Path | str | None = None,
-              progress: bool = True) -> SweepResult:
+              progress: bool = True, threads: int | None = None) -> SweepResult:
     from repro.runner.provenance import git_commit
 
     t0 = time.perf_counter()
+    threads = threads or spec.threads
     staged = staged or spec.staged
     require_inputs(spec, Path(staged) if staged else None)
     cells = expand(spec)
@@ -41,9 +42,9 @@ def run_sweep(spec: Spec, store_root: Path | str, *, executor: str = "local", sl
     if not pending:
         outcome = Outcome(skipped=[c.key for c in cells])
     elif executor == "slurm":
-        outcome = run_slurm(pending, str(store.root), source, git_commit(), slurm or SlurmOptions())
+        outcome = run_slurm(pending, str(store.root), source, git_commit(), slurm or SlurmOptions(), threads)
     else:
-        outcome = run_cells(pending, str(store.root), source, git_commit(), progress)
+        outcome = run_cells(pending, str(store.root), source, git_commit(), progress, threads)
     seconds = time.perf_counter() - t0
     print(f"sweep done in {seconds:.0f} s: {len(outcome.computed)} computed ({len(outcome.recomputed)} of them "
           f"replaced corrupt records), {len(cells) - len(outcome.computed)} reused", flush=True)

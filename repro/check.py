@@ -1,0 +1,232 @@
+"""`python -m repro check`: reproduced cells against reference numbers, with per-metric tolerances.
+
+Two registries:
+- `paper` profile: the published numbers in paper_tables/reported/*.csv (with their provenance),
+  mapped onto the cells of sweeps/paper/{main,budgets}.yaml (model, method, budget, benchmark).
+- `tiny` profile: our own golden results, paper_tables/golden/tiny.csv, made from
+  sweeps/tiny/golden.yaml (run here first; it is small and resumable). They guard the harness
+  against regressions and are refreshed after the shipped weights change with
+  `python -m repro check --profile tiny --update-golden`.
+
+Prints pass / fail / missing per reference row with deltas; exits 1 on any failure.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from repro.errors import ReproError
+from repro.runner.spec import UNPRUNED, Cell, Spec, expand, load_spec
+from repro.runner.store import Store
+
+GOLDEN = Path("paper_tables/golden/tiny.csv")
+REPORTED = Path("paper_tables/reported")
+GOLDEN_COLUMNS = ["model", "model_revision", "method", "budget", "seed", "task", "benchmark", "metric", "value", "source"]
+PAPER_SPECS = ("sweeps/paper/main.yaml", "sweeps/paper/budgets.yaml")
+UPDATE_COMMAND = "python -m repro check --profile tiny --update-golden"
+
+# reported names -> ours (paper_tables/reported/README.md)
+MODELS = {"LLaVA-1.5-7B": "llava-1.5-7b", "LLaVA-1.5-13B": "llava-1.5-13b", "LLaVA-NeXT-7B": "llava-next-7b",
+          "LLaVA-NeXT-13B": "llava-next-13b", "Qwen2.5-VL-7B": "qwen2.5-vl-7b", "InternVL3-8B": "internvl3-8b"}
+METHODS = {"Vanilla": UNPRUNED, "FastV": "fastv", "VisPruner": "vispruner", "DOP": "dop"}
+BENCHMARKS = {"VQAv2": "VQAv2", "GQA": "GQA", "VizWiz": "VizWiz", "SQA-IMG": "ScienceQA-IMG", "TextVQA": "TextVQA",
+              "POPE": "POPE", "MME": "MME", "MMB-EN": "MMBench-EN", "MMB-CN": "MMBench-CN", "AI2D": "AI2D",
+              "ChartQA": "ChartQA", "OCRBench": "OCRBench", "SEED-I (image)": "SEED-Bench"}
+# reported metrics that measure what our headline metric measures (MME perception+cognition does not)
+COMPARABLE = {"accuracy", "F1", "score_likely_F1", "score", "perception_score", "relaxed_accuracy", "score_0_1000",
+              "gpt_score"}
+# our record's raw lmms-eval value -> the reported scale
+REPORTED_SCALE = {"MME": 1.0, "OCRBench": 1000.0}
+
+
+@dataclass
+class CheckRow:
+    model: str
+    method: str
+    budget: str
+    benchmark: str
+    metric: str
+    reference: float
+    reproduced: float | None
+    tolerance: float
+    source: str
+
+    @property
+    def delta(self) -> float | None:
+        return None if self.reproduced is None else self.reproduced - self.reference
+
+    @property
+    def status(self) -> str:
+        if self.reproduced is None:
+            return "missing"
+        return "pass" if abs(self.reproduced - self.reference) <= self.tolerance else "fail"
+
+
+def load_tolerances(path: Path | str, registry: str) -> dict[str, float]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ReproError(f"no tolerance file at {path} (paper_tables/tolerances.yaml in the repository)") from None
+    table = data.get(registry)
+    if not isinstance(table, dict) or "default" not in table:
+        raise ReproError(f"{path}: needs a `{registry}:` mapping with a `default` tolerance")
+    return {str(k): float(v) for k, v in table.items()}
+
+
+def tolerance(tols: dict[str, float], metric: str) -> float:
+    return tols.get(metric, tols["default"])
+
+
+# --------------------------------------------------------------------------- golden (tiny)
+
+def golden_rows(spec: Spec, store: Store) -> list[dict]:
+    """One row per cell and value (the headline score and the realized TFLOPs) from the store."""
+    rows = []
+    for cell in expand(spec):
+        rec = store.read(cell.key)
+        if rec is None:
+            raise ReproError(f"cell {cell.describe()} has no record in {store.root}; run the sweep first")
+        base = {"model": cell.model, "model_revision": cell.model_revision, "method": cell.label,
+                "budget": cell.budget or "-", "seed": cell.seed, "task": cell.task,
+                "benchmark": rec["metrics"]["benchmark"], "source": f"{spec.path} record {cell.key}"}
+        rows.append({**base, "metric": rec["metrics"]["metric"], "value": repr(rec["metrics"]["score"])})
+        rows.append({**base, "metric": "tflops_paper", "value": repr(rec["budget_stats"]["tflops_paper"]["mean"])})
+    return rows
+
+
+def _golden_key(row: dict) -> tuple:
+    return (row["model"], row["method"], row["budget"], str(row["seed"]), row["task"], row["metric"])
+
+
+def write_golden(rows: list[dict], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, GOLDEN_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def compare_golden(spec: Spec, store: Store, golden: Path, tols: dict[str, float]) -> list[CheckRow]:
+    if not golden.is_file():
+        raise ReproError(f"no golden registry at {golden}; create it with `{UPDATE_COMMAND}`")
+    with golden.open(encoding="utf-8") as f:
+        reference = list(csv.DictReader(f))
+    ours = {_golden_key(r): r for r in golden_rows(spec, store)}
+    stale = {(r["model"], r["model_revision"]) for r in reference} - {(r["model"], r["model_revision"]) for r in ours.values()}
+    if stale:
+        raise ReproError(f"the golden registry {golden} was made with other weights ({sorted(stale)}); "
+                         f"if the new weights are intended, refresh it with `{UPDATE_COMMAND}`")
+    out = []
+    for r in reference:
+        mine = ours.get(_golden_key(r))
+        out.append(CheckRow(r["model"], r["method"], r["budget"], r["task"], r["metric"], float(r["value"]),
+                            float(mine["value"]) if mine else None, tolerance(tols, r["metric"]), r["source"]))
+    return out
+
+
+# --------------------------------------------------------------------------- reported (paper)
+
+def _cells_by_identity(cells: list[Cell]) -> dict[tuple, list[Cell]]:
+    from repro.runner import benchmarks
+
+    found: dict[tuple, list[Cell]] = {}
+    for c in cells:
+        found.setdefault((c.model, c.method, c.budget or "-", benchmarks.headline(c.task).benchmark), []).append(c)
+    return found
+
+
+def compare_reported(spec: Spec, store: Store, registry: Path, tols: dict[str, float]) -> list[CheckRow]:
+    """Every reported row whose (model, method, budget, benchmark) is a cell of `spec`."""
+    cells = _cells_by_identity(expand(spec))
+    out = []
+    for path in sorted(registry.glob("*.csv")):
+        with path.open(encoding="utf-8") as f:
+            for r in csv.DictReader(f):
+                ident = _reported_identity(r)
+                if ident is None or ident not in cells or not r["value"]:
+                    continue
+                values = [_reported_scale(store.read(c.key), ident[3]) for c in cells[ident]]
+                values = [v for v in values if v is not None]
+                mine = sum(values) / len(values) if values else None
+                out.append(CheckRow(ident[0], r["method"], ident[2], ident[3], r["metric"], float(r["value"]), mine,
+                                    tolerance(tols, r["metric"]), f"{path.name}: {r['source_table']}"))
+    return out
+
+
+def _reported_identity(r: dict) -> tuple | None:
+    model, method, bench = MODELS.get(r["model"]), METHODS.get(r["method"]), BENCHMARKS.get(r["benchmark"])
+    if None in (model, method, bench) or r["metric"] not in COMPARABLE:
+        return None
+    if r["budget_kind"] == "all_visual_tokens":
+        budget = "-"
+    elif r["budget_kind"] == "retained_visual_tokens":
+        budget = f"tokens:{int(float(r['budget_value']))}"
+    else:
+        return None
+    return (model, method, budget, bench)
+
+
+def _reported_scale(record: dict | None, benchmark: str) -> float | None:
+    if record is None:
+        return None
+    return record["metrics"]["raw"] * REPORTED_SCALE.get(benchmark, 100.0)
+
+
+# --------------------------------------------------------------------------- command
+
+def format_rows(rows: list[CheckRow]) -> list[dict]:
+    def num(x: float | None) -> str:
+        return "–" if x is None or math.isnan(x) else f"{x:.6g}"
+
+    return [{"model": r.model, "method": r.method, "budget": r.budget, "benchmark": r.benchmark, "metric": r.metric,
+             "reference": num(r.reference), "reproduced": num(r.reproduced), "delta": num(r.delta),
+             "tolerance": num(r.tolerance), "status": r.status, "source": r.source} for r in rows]
+
+
+CHECK_COLUMNS = ["model", "method", "budget", "benchmark", "metric", "reference", "reproduced", "delta", "tolerance",
+                 "status", "source"]
+
+
+def run_check(*, profile: str, spec_path: str | None, store: str | None, reference: str | None, tolerances: str,
+              update_golden: bool, out: str | None) -> int:
+    from repro.runner.sweep import default_store, run_sweep
+
+    store_obj = Store(store or default_store(profile))
+    if profile == "tiny":
+        spec = load_spec(spec_path or "sweeps/tiny/golden.yaml")
+        run_sweep(spec, store_obj.root, progress=False)
+        golden = Path(reference) if reference else GOLDEN
+        if update_golden:
+            print(f"wrote {write_golden(golden_rows(spec, store_obj), golden)}")
+            return 0
+        rows = compare_golden(spec, store_obj, golden, load_tolerances(tolerances, "golden"))
+    else:
+        if update_golden:
+            raise ReproError("--update-golden is for the tiny profile (the paper profile compares published numbers)")
+        tols = load_tolerances(tolerances, "reported")
+        rows = []
+        for path in [spec_path] if spec_path else PAPER_SPECS:
+            rows += compare_reported(load_spec(path), store_obj, Path(reference) if reference else REPORTED, tols)
+    table = format_rows(rows)
+    from repro.cli import _format_table
+
+    print(_format_table(CHECK_COLUMNS[:-1], [[t[c] for c in CHECK_COLUMNS[:-1]] for t in table]))
+    counts = {s: sum(r.status == s for r in rows) for s in ("pass", "fail", "missing")}
+    print(f"check ({profile}): {counts['pass']} pass, {counts['fail']} fail, {counts['missing']} missing "
+          f"of {len(rows)} reference values")
+    if out:
+        from repro.report.tables import write_table
+
+        for path in write_table(table, CHECK_COLUMNS, out, f"check-{profile}", f"repro check --profile {profile}"):
+            print(f"wrote {path}")
+    for r in rows:
+        if r.status == "fail":
+            print(f"FAIL {r.model} {r.method} {r.budget} {r.benchmark} {r.metric}: reproduced {r.reproduced:.6g}, "
+                  f"reference {r.reference:.6g} (delta {r.delta:+.3g}, tolerance {r.tolerance:g}; {r.source})")
+    return 1 if counts["fail"] else 0

@@ -1,0 +1,56 @@
+"""After a sweep: its table (paper_tables/<profile>/<table>.*) and figures (results/<profile>/figures)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from repro.runner.spec import Spec
+from repro.runner.store import Store
+
+
+def default_tables_dir(profile: str) -> Path:
+    return Path("paper_tables") / profile
+
+
+def default_figures_dir(profile: str) -> Path:
+    return Path("results") / profile / "figures"
+
+
+def write_reports(spec: Spec, store: Store, tables_dir: Path | str, figures_dir: Path | str) -> list[Path]:
+    from repro.report.figures import rel_avg_vs_tflops
+    from repro.report.main_table import collect, write_accuracy_table
+
+    paths = write_accuracy_table(spec, store, tables_dir)
+    rows, _ = collect(spec, store)
+    paths += rel_avg_vs_tflops(rows, figures_dir, f"{spec.table}-rel-avg-vs-tflops")
+    if {"dop-curves", "dop-proxy"} & set(spec.figures):
+        paths += dop_figures(spec, store, figures_dir)
+    return paths
+
+
+def dop_figures(spec: Spec, store: Store, figures_dir: Path | str, proxy_policies: int = 50) -> list[Path]:
+    """For every DOP search artifact the sweep used: the single-parameter divergence curves
+    (`dop-curves`) and the additive proxy vs the measured divergence scatter (`dop-proxy`)."""
+    from repro.methods.dop import analyses
+    from repro.runner.artifacts import artifact_name
+    from repro.runner.spec import expand
+
+    paths = []
+    cells = {artifact_name(c): c for c in expand(spec) if c.search is not None}
+    for name, cell in cells.items():
+        artifact = store.read_artifact(name)
+        if artifact is None:
+            continue
+        tag = f"{artifact['model']}-{name.rsplit('-', 1)[-1]}"
+        if "dop-curves" in spec.figures:
+            paths += analyses.write_curves(artifact, figures_dir, f"dop-curves-{tag}")
+        if "dop-proxy" in spec.figures:
+            import repro
+            from repro.calibration import calibration_samples
+
+            cal = artifact["calibration"]
+            model = repro.load(cell.model, dtype=cell.dtype, device=cell.device, attn_implementation=cell.attn)
+            result = analyses.proxy_vs_truth(model, artifact, calibration_samples(cal["source"], len(cal["samples"])),
+                                             proxy_policies, 0)
+            paths += analyses.write_proxy_analysis(result, figures_dir, f"dop-proxy-{tag}")
+    return paths

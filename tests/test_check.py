@@ -1,0 +1,124 @@
+"""`python -m repro check` (golden tiny results, reported numbers), the paper plan and the refusal
+to start with missing inputs, and run_all.sh's defaults."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from repro.check import compare_reported, load_tolerances, run_check
+from repro.runner.spec import expand, load_spec
+from repro.runner.store import Store
+
+ROOT = Path(__file__).resolve().parents[1]
+GOLDEN = ROOT / "paper_tables" / "golden" / "tiny.csv"
+
+
+def _run(args: list[str], **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, **kw)
+
+
+@pytest.fixture(scope="module")
+def golden_store(tmp_path_factory):
+    store = tmp_path_factory.mktemp("golden-store")
+    out = _run([sys.executable, "-m", "repro", "check", "--profile", "tiny", "--store", str(store)])
+    return store, out
+
+
+def test_golden_tiny_results_reproduce(golden_store):
+    """CI's regression guard of the harness (refresh: python -m repro check --profile tiny --update-golden)."""
+    _, out = golden_store
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert " 0 fail, 0 missing" in out.stdout
+
+
+def test_a_moved_number_fails_the_check(golden_store, tmp_path):
+    store, _ = golden_store
+    rows = list(csv.DictReader(GOLDEN.open()))
+    rows[0]["value"] = repr(float(rows[0]["value"]) + 1.0)
+    bad = tmp_path / "golden.csv"
+    with bad.open("w", newline="") as f:
+        writer = csv.DictWriter(f, list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    out = _run([sys.executable, "-m", "repro", "check", "--profile", "tiny", "--store", str(store),
+                "--reference", str(bad)])
+    assert out.returncode == 1
+    assert "1 fail" in out.stdout and "FAIL tinyworld-llava" in out.stdout
+
+
+def test_golden_from_other_weights_names_the_refresh_command(golden_store, tmp_path):
+    store, _ = golden_store
+    stale = tmp_path / "golden.csv"
+    stale.write_text(GOLDEN.read_text().replace("shipped:", "shipped:0ld"))
+    out = _run([sys.executable, "-m", "repro", "check", "--profile", "tiny", "--store", str(store),
+                "--reference", str(stale)])
+    assert out.returncode == 2 and "--update-golden" in out.stderr
+
+
+PAPER_SPEC = textwrap.dedent("""\
+    profile: paper
+    models: [llava-1.5-7b]
+    tasks: [gqa, mme]
+    budgets: [tokens:64]
+    methods:
+      - name: none
+      - name: fastv
+""")
+
+
+def test_reported_numbers_are_compared_on_their_scale(tmp_path):
+    spec_path = tmp_path / "paper.yaml"
+    spec_path.write_text(PAPER_SPEC)
+    spec = load_spec(spec_path)
+    store = Store(tmp_path / "store")
+    raw = {("none", "gqa"): 0.62, ("none", "mme"): 1508.0, ("fastv", "gqa"): 0.30}  # fastv mme: not run
+    for cell in expand(spec):
+        if (cell.method, cell.task) in raw:
+            store.write(cell.key, {"metrics": {"benchmark": "x", "raw": raw[(cell.method, cell.task)]}}, [])
+    rows = compare_reported(spec, store, ROOT / "paper_tables" / "reported",
+                            load_tolerances(ROOT / "paper_tables" / "tolerances.yaml", "reported"))
+    by = {(r.method, r.benchmark, r.status) for r in rows}
+    assert ("Vanilla", "GQA", "pass") in by and ("Vanilla", "MME", "pass") in by
+    assert ("FastV", "GQA", "fail") in by and ("FastV", "MME", "missing") in by
+    assert all("csv" in r.source for r in rows)  # provenance travels with every row
+    code = run_check(profile="paper", spec_path=str(spec_path), store=str(tmp_path / "store"), reference=None,
+                     tolerances=str(ROOT / "paper_tables" / "tolerances.yaml"), update_golden=False, out=None)
+    assert code == 1
+
+
+def test_paper_dry_run_lists_the_plan_and_what_is_missing(tmp_path):
+    out = _run(["./run_all.sh", "--table", "main", "--profile", "paper", "--dry-run", "--", "--staged",
+                str(tmp_path / "nothing")])
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("profile: paper")
+    assert any(line.startswith("plan: 546 cells") for line in lines)
+    assert "GPU hours" in out.stdout
+    assert f"dataset gqa in {tmp_path / 'nothing' / 'gqa'}" in out.stdout
+    assert "hf download lmms-lab/GQA --repo-type dataset" in out.stdout
+
+
+def test_missing_inputs_stop_the_run_before_any_compute(tmp_path):
+    store = tmp_path / "store"
+    out = _run([sys.executable, "-m", "repro", "sweep", "sweeps/paper/main.yaml", "--store", str(store),
+                "--staged", str(tmp_path / "nothing")])
+    assert out.returncode == 2
+    assert "are missing; stage them first" in out.stderr and "hf download" in out.stderr
+    assert not (store / "cells").exists()
+
+
+def test_run_all_defaults_to_the_tiny_main_table():
+    out = _run(["./run_all.sh", "--dry-run"])
+    assert out.returncode == 0, out.stderr[-2000:]
+    first, second = out.stdout.splitlines()[:2]
+    assert first.startswith("profile: tiny (default")
+    assert second.startswith("table: main (sweep sweeps/tiny/main.yaml")
+    assert "plan: 130 cells" in out.stdout
