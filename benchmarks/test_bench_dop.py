@@ -42,3 +42,29 @@ def test_search_prefix_cache_speedup(interleaved, setup):
         layers = {k: v["layer_passes"] for k, v in results.items()}
         assert layers[True] < layers[False]
         assert rows["prefix cache"]["time_ratio"] < 1.0
+
+
+@pytest.fixture(scope="module")
+def tinyworld_calibration():
+    import repro
+    from repro.calibration import calibration_samples
+
+    torch.set_num_threads(1)
+    return repro.load("tinyworld-llava"), calibration_samples("tinyworld", 100)
+
+
+def test_search_time_25_vs_100_samples(interleaved, tinyworld_calibration):
+    """The paper's search-time claim (about 2 min with 25 samples, 5-18 min with 100 on an A100),
+    on tinyworld-llava: the same search on the first 25 and on all 100 calibration samples."""
+    model, samples = tinyworld_calibration
+    results = {}
+
+    def run(n: int):
+        options = SearchOptions(reducer="vispruner", depth_step=1, visual_points=8)
+        results[n] = search(model, samples[:n], ["ratio:0.5"], options, progress=False)
+
+    rows = interleaved("dop-search-samples", {"25 samples": (lambda: run(25), {"samples": 25}),
+                                              "100 samples": (lambda: run(100), {"samples": 100})}, rounds=3, warmup=0)
+    assert results[100]["forward_passes"] == 4 * results[25]["forward_passes"]  # passes grow linearly with samples
+    if rows:
+        assert rows["100 samples"]["time_ratio"] > 1.0
