@@ -201,3 +201,17 @@ def search_policy_ratio(artifact, card, policy):
 
     cost, unpruned = policy_flops(artifact, card, policy)
     return cost / unpruned
+
+
+def test_a_policy_that_moves_one_parameter_measures_its_curve_value(tiny_models, artifact):
+    from repro.methods.dop.studies import HeldOut
+
+    model = tiny_models[MODEL]["sdpa"]
+    truth = HeldOut(model, samples(2), SearchOptions(**artifact["options"]))  # the calibration samples again
+    L, curves = model.card.layers, artifact["curves"]
+    cases = [(Policy(48, ((2, L), (L, L))), curves["attention_depth.important"]["values"][2]),
+             (Policy(48, ((L, L), (L, 1))), curves["mlp_depth.diverse"]["values"][1]),
+             (Policy(24, ((L, L), (L, L))), curves["n_visual"]["values"][2])]
+    for policy, measured in cases:
+        assert truth.divergence(policy) == pytest.approx(measured, rel=1e-4, abs=1e-9)
+        assert measured > 0
