@@ -215,7 +215,7 @@ def search(model, samples: Iterable, budgets: list[str], options: SearchOptions 
     L = model.card.layers
     groups = options.group_names()
     start = time.perf_counter()
-    runners: list[SampleRunner] = []
+    shapes: list[tuple[int, int, int]] = []  # per sample: non-visual tokens, layout tokens, forward/layer passes
     values: dict[str, list] = {}
     group_tokens: list[list[list[int]]] = []
     points: dict[str, list[int]] | None = None
@@ -239,11 +239,13 @@ def search(model, samples: Iterable, budgets: list[str], options: SearchOptions 
                 row.append(runner.divergence(policy, seq))
             values.setdefault(name, []).append(row)
         group_tokens.append(counts)
-        runners.append(runner)
+        full = runner.full
+        shapes.append((full.n_tokens - full.visual.numel(), full.visual.numel() - n_max, runner.passes,
+                       runner.layer_passes))
+        del runner  # its cached prefix states are large on real models; keep only the numbers
     mean = {k: np.mean(np.array(v), axis=0).tolist() for k, v in values.items()}
-    n_other = float(np.mean([r.full.n_tokens - r.full.visual.numel() for r in runners]))
-    n_layout = float(np.mean([r.full.visual.numel() - r.n_max for r in runners]))
-    shape = {"n_visual_max": runners[0].n_max, "n_other": n_other, "n_layout": n_layout}
+    n_other, n_layout, passes, layer_passes = np.array(shapes, dtype=float).T
+    shape = {"n_visual_max": n_max, "n_other": float(n_other.mean()), "n_layout": float(n_layout.mean())}
     if options.groups == "reducer":  # mean tokens per group at each sampled n_v (layout tokens in group 0)
         shape["group_tokens"] = {"points": points["n_visual"],
                                  "counts": np.mean(np.array(group_tokens, dtype=float), axis=0).tolist()}
@@ -258,8 +260,8 @@ def search(model, samples: Iterable, budgets: list[str], options: SearchOptions 
         "curves": {name: {"points": points[name.split(".")[0]], "values": mean[name]}
                    for name in mean if name != "reference"},
         "reference_divergence": mean["reference"][0],
-        "forward_passes": sum(r.passes for r in runners),
-        "layer_passes": sum(r.layer_passes for r in runners),
+        "forward_passes": int(passes.sum()),
+        "layer_passes": int(layer_passes.sum()),
         "seconds": time.perf_counter() - start,
     }
     artifact["budgets"] = [choose(artifact, model.card, b) for b in budgets]
