@@ -49,19 +49,23 @@ class CheckRow:
     budget: str
     benchmark: str
     metric: str
-    reference: float
-    reproduced: float | None
+    reference: float | str  # a string (a checksum) must match exactly
+    reproduced: float | str | None
     tolerance: float
     source: str
 
     @property
     def delta(self) -> float | None:
-        return None if self.reproduced is None else self.reproduced - self.reference
+        if self.reproduced is None or isinstance(self.reference, str):
+            return None
+        return self.reproduced - self.reference
 
     @property
     def status(self) -> str:
         if self.reproduced is None:
             return "missing"
+        if isinstance(self.reference, str):
+            return "pass" if self.reproduced == self.reference else "fail"
         return "pass" if abs(self.reproduced - self.reference) <= self.tolerance else "fail"
 
 
@@ -96,7 +100,24 @@ def golden_rows(spec: Spec, store: Store) -> list[dict]:
                 "benchmark": rec["metrics"]["benchmark"], "source": f"{spec.path} record {cell.key}"}
         rows.append({**base, "metric": rec["metrics"]["metric"], "value": repr(rec["metrics"]["score"])})
         rows.append({**base, "metric": "tflops_paper", "value": repr(rec["budget_stats"]["tflops_paper"]["mean"])})
+        rows.append({**base, "metric": "responses_sha256", "value": responses_digest(store.read_samples(cell.key))})
     return rows
+
+
+def responses_digest(samples: list[dict]) -> str:
+    """sha256 (16 hex digits) of the cell's answers in document order: any changed answer shows."""
+    import hashlib
+    import json
+
+    answers = [(s["doc_id"], s["resps"]) for s in sorted(samples, key=lambda s: s["doc_id"])]
+    return hashlib.sha256(json.dumps(answers, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+def _value(text: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def _golden_key(row: dict) -> tuple:
@@ -125,8 +146,8 @@ def compare_golden(spec: Spec, store: Store, golden: Path, tols: dict[str, float
     out = []
     for r in reference:
         mine = ours.get(_golden_key(r))
-        out.append(CheckRow(r["model"], r["method"], r["budget"], r["task"], r["metric"], float(r["value"]),
-                            float(mine["value"]) if mine else None, tolerance(tols, r["metric"]), r["source"]))
+        out.append(CheckRow(r["model"], r["method"], r["budget"], r["task"], r["metric"], _value(r["value"]),
+                            _value(mine["value"]) if mine else None, tolerance(tols, r["metric"]), r["source"]))
     return out
 
 
@@ -181,7 +202,9 @@ def _reported_scale(record: dict | None, benchmark: str) -> float | None:
 # --------------------------------------------------------------------------- command
 
 def format_rows(rows: list[CheckRow]) -> list[dict]:
-    def num(x: float | None) -> str:
+    def num(x: float | str | None) -> str:
+        if isinstance(x, str):
+            return x
         return "–" if x is None or math.isnan(x) else f"{x:.6g}"
 
     return [{"model": r.model, "method": r.method, "budget": r.budget, "benchmark": r.benchmark, "metric": r.metric,
@@ -227,6 +250,7 @@ def run_check(*, profile: str, spec_path: str | None, store: str | None, referen
             print(f"wrote {path}")
     for r in rows:
         if r.status == "fail":
-            print(f"FAIL {r.model} {r.method} {r.budget} {r.benchmark} {r.metric}: reproduced {r.reproduced:.6g}, "
-                  f"reference {r.reference:.6g} (delta {r.delta:+.3g}, tolerance {r.tolerance:g}; {r.source})")
+            delta = "" if r.delta is None else f"delta {r.delta:+.3g}, tolerance {r.tolerance:g}; "
+            print(f"FAIL {r.model} {r.method} {r.budget} {r.benchmark} {r.metric}: reproduced {r.reproduced}, "
+                  f"reference {r.reference} ({delta}{r.source})")
     return 1 if counts["fail"] else 0

@@ -81,7 +81,7 @@ def table_rows(rows: list[Row], columns: list[str]) -> list[dict]:
     out = []
     for r in rows:
         d = {"Model": r.model, "Method": r.method, "Budget": r.budget,
-             "TFLOPs": "–" if math.isnan(r.tflops) else f"{r.tflops:.4g}", "FLOPs ratio": _fmt(r.ratio, 3)}
+             "TFLOPs": "–" if math.isnan(r.tflops) else f"{r.tflops:#.4g}", "FLOPs ratio": _fmt(r.ratio, 3)}
         d.update({b: _fmt(r.benchmarks.get(b, math.nan), 1) for b in columns})
         d["Avg"], d["Rel. Avg"] = _fmt(r.avg, 1), _fmt(r.rel_avg, 1)
         out.append(d)
