@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from repro.check import compare_reported, load_tolerances, run_check
+from repro.errors import ReproError
 from repro.runner.spec import expand, load_spec
 from repro.runner.store import Store
 
@@ -39,7 +40,12 @@ def test_golden_tiny_results_reproduce(golden_store):
     assert " 0 fail, 0 missing" in out.stdout
 
 
-def test_a_moved_number_fails_the_check(golden_store, tmp_path):
+def _check_tiny(store: Path, reference: Path) -> int:
+    return run_check(profile="tiny", spec_path=str(ROOT / "sweeps" / "tiny" / "golden.yaml"), store=str(store), reference=str(reference),
+                     tolerances=str(ROOT / "paper_tables" / "tolerances.yaml"), update_golden=False, out=None)
+
+
+def test_a_moved_number_fails_the_check(golden_store, tmp_path, capsys):
     store, _ = golden_store
     rows = list(csv.DictReader(GOLDEN.open()))
     rows[0]["value"] = repr(float(rows[0]["value"]) + 1.0)
@@ -48,19 +54,17 @@ def test_a_moved_number_fails_the_check(golden_store, tmp_path):
         writer = csv.DictWriter(f, list(rows[0]), lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-    out = _run([sys.executable, "-m", "repro", "check", "--profile", "tiny", "--store", str(store),
-                "--reference", str(bad)])
-    assert out.returncode == 1
-    assert "1 fail" in out.stdout and "FAIL tinyworld-llava" in out.stdout
+    assert _check_tiny(store, bad) == 1
+    out = capsys.readouterr().out
+    assert "1 fail" in out and "FAIL tinyworld-llava" in out
 
 
 def test_golden_from_other_weights_names_the_refresh_command(golden_store, tmp_path):
     store, _ = golden_store
     stale = tmp_path / "golden.csv"
     stale.write_text(GOLDEN.read_text().replace("shipped:", "shipped:0ld"))
-    out = _run([sys.executable, "-m", "repro", "check", "--profile", "tiny", "--store", str(store),
-                "--reference", str(stale)])
-    assert out.returncode == 2 and "--update-golden" in out.stderr
+    with pytest.raises(ReproError, match="--update-golden"):
+        _check_tiny(store, stale)
 
 
 PAPER_SPEC = textwrap.dedent("""\

@@ -44,7 +44,10 @@ def rel_avg_vs_tflops(rows: list[Row], out_dir: Path | str, name: str) -> list[P
         ax.set_ylabel("Rel. Avg (% of unpruned)")
         ax.set_title(model)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if mine:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "no Rel. Avg (unpruned scores are all 0)", ha="center", transform=ax.transAxes)
         paths += save(fig, out / f"{name}-{model}")
         plt.close(fig)
     return paths
