@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # Regenerate a paper table.
 #   ./run_all.sh [--table main|budgets|flops|latency|dop] [--profile tiny|paper]
-#                [--models NAME[,NAME...]] [--executor local|slurm] [--dry-run] [-- SWEEP OPTIONS]
+#                [--models NAME[,NAME...]] [--executor local|slurm] [--dry-run]
+#                [--slurm-partition P] [--gpus-per-job N] [--rows-per-job N] [--staged DIR] [-- SWEEP OPTIONS]
 # main (default), budgets, dop: the sweep sweeps/<profile>/<table>.yaml (dop: dop-analyses.yaml) into
 # results/<profile>/store (resumable), then paper_tables/<profile>/<table>.{md,tex,csv} and
 # results/<profile>/figures/. flops: analytic. latency: the timing protocol.
-# Options after `--` go to `python -m repro sweep` (e.g. -- --slurm-partition gpu --gpus-per-job 1).
+# Options after `--` go to `python -m repro sweep` as they are (see python -m repro sweep --help).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
 usage() {
-    sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 TABLE=main
@@ -29,6 +30,8 @@ while [[ $# -gt 0 ]]; do
         --models) MODELS="${2:?--models needs a value}"; shift 2 ;;
         --executor) EXECUTOR="${2:?--executor needs a value}"; shift 2 ;;
         --dry-run) DRY_RUN=1; shift ;;
+        --slurm-partition|--gpus-per-job|--cpus-per-job|--rows-per-job|--slurm-cluster|--staged|--store|--limit)
+            EXTRA+=("$1" "${2:?$1 needs a value}"); shift 2 ;;
         --) shift; EXTRA=("$@"); break ;;
         -h|--help) usage; exit 0 ;;
         *) echo "error: unknown argument '$1'" >&2; usage >&2; exit 2 ;;

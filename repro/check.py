@@ -22,10 +22,12 @@ from repro.errors import ReproError
 from repro.runner.spec import UNPRUNED, Cell, Spec, expand, load_spec
 from repro.runner.store import Store
 
-GOLDEN = Path("paper_tables/golden/tiny.csv")
-REPORTED = Path("paper_tables/reported")
+REPO = Path(__file__).resolve().parents[1]  # the checkout: registries live beside the code
+GOLDEN = REPO / "paper_tables" / "golden" / "tiny.csv"
+REPORTED = REPO / "paper_tables" / "reported"
+TOLERANCES = REPO / "paper_tables" / "tolerances.yaml"
 GOLDEN_COLUMNS = ["model", "model_revision", "method", "budget", "seed", "task", "benchmark", "metric", "value", "source"]
-PAPER_SPECS = ("sweeps/paper/main.yaml", "sweeps/paper/budgets.yaml")
+PAPER_SPECS = (REPO / "sweeps" / "paper" / "main.yaml", REPO / "sweeps" / "paper" / "budgets.yaml")
 UPDATE_COMMAND = "python -m repro check --profile tiny --update-golden"
 
 # reported names -> ours (paper_tables/reported/README.md)
@@ -216,13 +218,14 @@ CHECK_COLUMNS = ["model", "method", "budget", "benchmark", "metric", "reference"
                  "status", "source"]
 
 
-def run_check(*, profile: str, spec_path: str | None, store: str | None, reference: str | None, tolerances: str,
+def run_check(*, profile: str, spec_path: str | None, store: str | None, reference: str | None,
+              tolerances: str | Path = TOLERANCES,
               update_golden: bool, out: str | None) -> int:
     from repro.runner.sweep import default_store, run_sweep
 
     store_obj = Store(store or default_store(profile))
     if profile == "tiny":
-        spec = load_spec(spec_path or "sweeps/tiny/golden.yaml")
+        spec = load_spec(spec_path or REPO / "sweeps" / "tiny" / "golden.yaml")
         run_sweep(spec, store_obj.root, progress=False)
         golden = Path(reference) if reference else GOLDEN
         if update_golden:

@@ -555,17 +555,17 @@ def _configure_check(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reference", default=None,
                         help="reference registry (default: paper_tables/golden/tiny.csv for tiny, "
                              "paper_tables/reported/*.csv for paper)")
-    parser.add_argument("--tolerances", default="paper_tables/tolerances.yaml", help="per-metric tolerances")
+    parser.add_argument("--tolerances", default=None, help="per-metric tolerances (default paper_tables/tolerances.yaml)")
     parser.add_argument("--update-golden", action="store_true",
                         help="tiny: rewrite the golden registry from the store (after the weights change)")
     parser.add_argument("--out", default=None, help="also write the check table (md/tex/csv) into this folder")
 
 
 def _run_check(args: argparse.Namespace) -> int:
-    from repro.check import run_check
+    from repro.check import TOLERANCES, run_check
 
     return run_check(profile=args.profile, spec_path=args.spec, store=args.store, reference=args.reference,
-                     tolerances=args.tolerances, update_golden=args.update_golden, out=args.out)
+                     tolerances=args.tolerances or TOLERANCES, update_golden=args.update_golden, out=args.out)
 
 
 COMMANDS: "MappingProxyType[str, Command]" = MappingProxyType(

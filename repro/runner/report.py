@@ -23,6 +23,8 @@ def write_reports(spec: Spec, store: Store, tables_dir: Path | str, figures_dir:
     paths = write_accuracy_table(spec, store, tables_dir)
     rows, _ = collect(spec, store)
     paths += rel_avg_vs_tflops(rows, figures_dir, f"{spec.table}-rel-avg-vs-tflops")
+    if spec.profile == "paper":
+        paths += reported_table(spec, store, tables_dir)
     if {"dop-curves", "dop-proxy"} & set(spec.figures):
         paths += dop_figures(spec, store, figures_dir)
     return paths
@@ -54,3 +56,14 @@ def dop_figures(spec: Spec, store: Store, figures_dir: Path | str, proxy_policie
                                              proxy_policies, 0)
             paths += analyses.write_proxy_analysis(result, figures_dir, f"dop-proxy-{tag}")
     return paths
+
+
+def reported_table(spec: Spec, store: Store, tables_dir: Path | str) -> list[Path]:
+    """`<table>-vs-reported.*`: every published number with a counterpart cell in this sweep, ours
+    beside it, the difference and pass/fail/missing (tolerances of paper_tables/tolerances.yaml)."""
+    from repro.check import CHECK_COLUMNS, REPORTED, TOLERANCES, compare_reported, format_rows, load_tolerances
+    from repro.report.tables import write_table
+
+    rows = compare_reported(spec, store, REPORTED, load_tolerances(TOLERANCES, "reported"))
+    return write_table(format_rows(rows), CHECK_COLUMNS, tables_dir, f"{spec.table}-vs-reported",
+                       f"{spec.table}: reproduced vs reported (paper_tables/reported/)")
