@@ -52,15 +52,9 @@ case "$TABLE" in
         CMD=("$PY" -m repro flops --table --model "$MODELS" --out paper_tables)
         ;;
     latency)
-        if [[ "$PROFILE" == tiny ]]; then
-            echo "table: latency (CPU, bench-llava-1.5 random weights, 1 thread; FastV and VisPruner at ratio 0.5 / 0.33)"
-            CMD=("$PY" -m repro latency --model bench-llava-1.5 --threads 1 --methods fastv,vispruner
-                 --budgets ratio:0.5,ratio:0.33 --repeats 20 --answer-tokens 8 --out paper_tables/tiny)
-        else
-            echo "table: latency (CUDA, real architectures with random weights, bf16; FastV and VisPruner at ratio 0.14)"
-            CMD=("$PY" -m repro latency --model "${MODELS/all/llava-next-7b}" --random-weights --device cuda
-                 --dtype bfloat16 --protocol fixed --methods fastv,vispruner --budgets ratio:0.14 --repeats 20 --out paper_tables/paper)
-        fi
+        echo "table: latency (spec sweeps/$PROFILE/latency.yaml; the timing protocol of repro/latency.py)"
+        CMD=("$PY" -m repro latency --spec "sweeps/$PROFILE/latency.yaml")
+        [[ "$MODELS" != all ]] && CMD+=(--model "$MODELS")
         ;;
     main|budgets|dop)
         SPEC="sweeps/$PROFILE/$TABLE.yaml"

@@ -403,7 +403,9 @@ LATENCY_COLUMNS = ["model", "method", "budget", "tflops", "prefill_ms", "prefill
 
 
 def _configure_latency(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="a model name (registry names need --random-weights or weights)")
+    parser.add_argument("--spec", default=None,
+                        help="a latency spec (sweeps/<profile>/latency.yaml): its keys set the options not given here")
+    parser.add_argument("--model", default=None, help="required (here or in --spec): a model name (registry names need --random-weights or weights)")
     parser.add_argument("--random-weights", action="store_true",
                         help="time the real architecture with random weights (speed only; answers are meaningless)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
@@ -422,7 +424,31 @@ def _configure_latency(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="write latency.{md,tex,csv} and records JSON here")
 
 
+def _apply_latency_spec(args: argparse.Namespace) -> argparse.Namespace:
+    """Options from a latency spec (YAML keys = option names; lists become comma-separated)."""
+    if args.spec:
+        import yaml
+
+        try:
+            spec = yaml.safe_load(Path(args.spec).read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise ReproError(f"cannot read latency spec {args.spec}: {err}") from None
+        defaults = vars(build_parser().parse_args(["latency"]))
+        for key, value in spec.items():
+            dest = str(key).replace("-", "_")
+            if dest in ("profile", "table"):
+                continue
+            if dest == "spec" or not hasattr(args, dest):
+                raise ReproError(f"{args.spec}: unknown latency option {key!r}; see `python -m repro latency --help`")
+            if getattr(args, dest) == defaults[dest]:  # options given on the command line win
+                setattr(args, dest, ",".join(map(str, value)) if isinstance(value, list) else value)
+    if not args.model:
+        raise ReproError("latency needs --model (or a --spec that names a model)")
+    return args
+
+
 def _run_latency(args: argparse.Namespace) -> int:
+    args = _apply_latency_spec(args)
     import repro
     from repro.latency import check_device, default_image_size, measure_cells, synthetic_image, table_rows
     from repro.models.geometry import parse_image_size
