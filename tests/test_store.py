@@ -115,3 +115,20 @@ def test_bad_specs_fail_with_one_clear_error(tmp_path, old, new, message):
     with pytest.raises(ReproError) as err:
         load_spec(path)
     assert message in str(err.value)
+
+
+def test_budgets_may_differ_per_model(tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_text(SPEC.replace("models: [tinyworld-llava]", "models: [tinyworld-llava, tiny-llava-1.5]")
+                    .replace("budgets: [ratio:0.6]", "budgets: {default: [ratio:0.6], tiny-llava-1.5: [tokens:4, tokens:2]}"))
+    cells = expand(load_spec(path))
+    fastv = {(c.model, c.budget) for c in cells if c.method == "fastv"}
+    assert fastv == {("tinyworld-llava", "ratio:0.6"), ("tiny-llava-1.5", "tokens:4"), ("tiny-llava-1.5", "tokens:2")}
+    assert {c.budget for c in cells if c.method == "none"} == {None}
+
+
+def test_odd_limits_are_refused_for_mme(tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_text(SPEC.replace("limit: 2", "limit: 3"))
+    with pytest.raises(ReproError, match="MME scores question pairs"):
+        load_spec(path)

@@ -249,6 +249,8 @@ def check_spec(spec: Spec) -> None:
     from repro.models.shipped import SHIPPED
     from repro.models.tiny import TINY_BUILDERS
 
+    if spec.limit is not None and spec.limit % 2 and any("mme" in t for t in spec.tasks):
+        raise ReproError(f"{spec.path}: limit {spec.limit} is odd, but MME scores question pairs; use an even limit")
     known_models = [e.name for e in entries()] + list(SHIPPED) + list(TINY_BUILDERS)
     for m in spec.models:
         if m not in known_models and not Path(m).is_dir():
