@@ -222,7 +222,8 @@ def jobs_of(cells: list[Cell], rows_per_job: int) -> list[list[Cell]]:
     for c in cells:
         rows[c.group].append(c)
     row_list = list(rows.values())
-    return [sum(row_list[i:i + rows_per_job], []) for i in range(0, len(row_list), max(1, rows_per_job))]
+    step = max(1, rows_per_job)
+    return [[c for row in row_list[i:i + step] for c in row] for i in range(0, len(row_list), step)]
 
 
 def run_slurm(cells: list[Cell], store_root: str, source: DataSource, commit: str, options: SlurmOptions,

@@ -61,7 +61,14 @@ def dop_figures(spec: Spec, store: Store, figures_dir: Path | str, proxy_policie
 def reported_table(spec: Spec, store: Store, tables_dir: Path | str) -> list[Path]:
     """`<table>-vs-reported.*`: every published number with a counterpart cell in this sweep, ours
     beside it, the difference and pass/fail/missing (tolerances of paper_tables/tolerances.yaml)."""
-    from repro.check import CHECK_COLUMNS, REPORTED, TOLERANCES, compare_reported, format_rows, load_tolerances
+    from repro.check import (
+        CHECK_COLUMNS,
+        REPORTED,
+        TOLERANCES,
+        compare_reported,
+        format_rows,
+        load_tolerances,
+    )
     from repro.report.tables import write_table
 
     rows = compare_reported(spec, store, REPORTED, load_tolerances(TOLERANCES, "reported"))

@@ -110,7 +110,7 @@ class Cell:
         budget = f"@{self.budget}" if self.budget else ""
         return f"{self.model} {self.label or self.method}{budget} seed{self.seed} {self.task}"
 
-    def with_device(self, device: str) -> "Cell":
+    def with_device(self, device: str) -> Cell:
         return replace(self, device=device)
 
 

@@ -7,7 +7,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from repro.runner.executors import DataSource, Outcome, SlurmOptions, run_cells, run_slurm
+from repro.runner.executors import (
+    DataSource,
+    Outcome,
+    SlurmOptions,
+    run_cells,
+    run_slurm,
+)
 from repro.runner.plan import require_inputs
 from repro.runner.spec import Cell, Spec, expand
 from repro.runner.store import Store
