@@ -28,7 +28,6 @@ import logging
 import math
 import platform
 import random
-import re
 import shlex
 import sys
 import time
@@ -39,7 +38,7 @@ from typing import Any
 import torch
 
 from ..errors import ReproError
-from .scenes import COLOUR_NAMES, IMAGE_SIZE, PATCH_SIZE, SHAPES, WORDS
+from .scenes import IMAGE_SIZE, PATCH_SIZE
 
 log = logging.getLogger("repro.tinyworld.train")
 
@@ -53,11 +52,16 @@ class TrainConfig:
     """Everything that determines the trained weights (recorded in train_record.json)."""
 
     seed: int = 0
-    steps: int = 2400
+    scenes: int = 6000  # generated pretraining scenes (pretraining.py), stages 1 and 2
+    vision_steps: int = 600  # stage 1: vision tower + per-patch heads on the scenes
+    vision_batch: int = 32
+    caption_steps: int = 800  # stage 2: the whole model captions the scenes
+    steps: int = 2000  # stage 3: the task train splits (plus `caption_mix` caption rows)
+    caption_mix: float = 0.2  # fraction of stage-3 rows that are captions (keeps the reading skills)
     batch_size: int = 16
     lr: float = 1e-3
     min_lr_ratio: float = 0.05
-    warmup: int = 100
+    warmup: int = 50
     weight_decay: float = 0.05
     grad_clip: float = 1.0
     precision: str = "bf16"  # autocast dtype of the matmuls: bf16 | fp32
@@ -74,11 +78,6 @@ class TrainConfig:
     train_rows: int = 0  # rows per task (0: the whole train split)
     task_weights: dict[str, float] = field(default_factory=dict)  # sampling weight per task key (default 1)
     save_dtype: str = "float16"
-    vision_steps: int = 1500  # phase 1: vision tower + PatchHead alone on the labelled rows (0 = skip)
-    vision_batch: int = 32
-    patch_weight: float = 1.0  # weight of the training-only patch-attribute loss (PatchHead); 0 = off
-    attn_weight: float = 1.0  # weight of the attention hint (attention_hint_loss); 0 = off
-    attn_layers: str = "1,2,3"  # decoder layers whose first head gets the hint
 
 
 # ------------------------------------------------------------------ prompts and tokenizer
@@ -105,71 +104,14 @@ def task_objects(data_dir: Path, keys: list[str] | None = None) -> dict[str, Any
 
 @dataclass
 class Row:
-    task: str
-    index: int  # row in the task's split
+    task: str  # task key, or CAPTION for a generated scene
+    index: int  # row in the task's split (scene number for captions)
     n_images: int
     prompt: str  # full chat prompt
     answer: str
-    evidence: list[int] = field(default_factory=list)  # patches the answer depends on (see evidence_patches)
-    labels: dict[str, int] = field(default_factory=dict)  # attribute classes of those patches (patch_labels)
 
 
-SHAPE_FORMS = {"circle": ("circle", "circles"), "square": ("square", "squares"), "triangle": ("triangle", "triangles"),
-               "star": ("star", "stars"), "cross": ("cross", "crosses")}
-ATTRIBUTES = {"colour": COLOUR_NAMES, "shape": SHAPES, "word": WORDS}
-
-
-def patch_labels(question: str, answer: str, n_boxes: int) -> dict[str, int]:
-    """Attribute classes a row states about its evidence patches, read from its own text: the one
-    colour word and/or the one shape word in question + answer ("What color is the cross?" ->
-    "red": the cross's patches are red and a cross), and a sign word when it is the answer and
-    the evidence is one box. Nothing for "no" answers (their evidence may be a near miss) or
-    when the text names several colours or shapes (which box is which is unknown)."""
-    if answer.strip().lower() == "no" or n_boxes == 0:
-        return {}
-    words = re.findall(r"[a-z]+", f"{question} {answer}".lower())
-    colours = {c for c in COLOUR_NAMES if c in words}
-    shapes = {s for s, forms in SHAPE_FORMS.items() if any(f in words for f in forms)}
-    if len(colours) > 1 or len(shapes) > 1:
-        return {}
-    labels = {}
-    if colours:
-        labels["colour"] = COLOUR_NAMES.index(colours.pop())
-    if shapes:
-        labels["shape"] = SHAPES.index(shapes.pop())
-    if n_boxes == 1 and answer.strip().lower() in WORDS:
-        labels["word"] = WORDS.index(answer.strip().lower())
-    return labels
-
-
-def evidence_patches(boxes: list[list[int]], image_size: tuple[int, int]) -> list[int]:
-    """Patch indices (row-major, 12 x 12) that a box of the row's `evidence` covers: at least a
-    quarter of the patch, or the patch holding the box centre. Empty when the evidence covers more
-    than half the image (it then says nothing about where to look)."""
-    side = IMAGE_SIZE // PATCH_SIZE
-    sx, sy = IMAGE_SIZE / image_size[0], IMAGE_SIZE / image_size[1]
-    found: set[int] = set()
-    for x0, y0, x1, y1 in boxes:
-        x0, x1, y0, y1 = x0 * sx, x1 * sx, y0 * sy, y1 * sy
-        for r in range(side):
-            for c in range(side):
-                ox = min(x1, (c + 1) * PATCH_SIZE) - max(x0, c * PATCH_SIZE)
-                oy = min(y1, (r + 1) * PATCH_SIZE) - max(y0, r * PATCH_SIZE)
-                if ox > 0 and oy > 0 and ox * oy >= PATCH_SIZE * PATCH_SIZE / 4:
-                    found.add(r * side + c)
-        cx, cy = min(IMAGE_SIZE - 1, (x0 + x1) / 2), min(IMAGE_SIZE - 1, (y0 + y1) / 2)
-        found.add(int(cy // PATCH_SIZE) * side + int(cx // PATCH_SIZE))
-    return sorted(found) if len(found) <= side * side // 2 else []
-
-
-def _image_size(value: Any) -> tuple[int, int]:
-    import io
-
-    from PIL import Image
-
-    if isinstance(value, list):
-        value = value[0]
-    return Image.open(io.BytesIO(value["bytes"])).size
+CAPTION = "caption"
 
 
 def split_rows(data_dir: Path, tasks: dict[str, Any], split: str, cap: int = 0) -> tuple[list[Row], dict[str, Any]]:
@@ -185,16 +127,26 @@ def split_rows(data_dir: Path, tasks: dict[str, Any], split: str, cap: int = 0) 
         images = ds.data.column("image").to_pylist()
         for i, doc in enumerate(ds.remove_columns(["image"])):
             n_images = len(images[i]) if isinstance(images[i], list) else 1
-            evidence = evidence_patches(doc["evidence"], _image_size(images[i])) if n_images == 1 else []
-            answer = str(doc["target_text"])
-            labels = patch_labels(str(doc["question"]), answer, len(doc["evidence"])) if evidence else {}
-            rows.append(Row(key, i, n_images, chat_prompt(n_images, task.doc_to_text(doc)), answer, evidence, labels))
+            rows.append(Row(key, i, n_images, chat_prompt(n_images, task.doc_to_text(doc)), str(doc["target_text"])))
     return rows, datasets
+
+
+def caption_rows(scenes: list) -> list[Row]:
+    from .pretraining import CAPTION_PROMPT
+
+    return [Row(CAPTION, i, 1, chat_prompt(1, CAPTION_PROMPT), s.caption) for i, s in enumerate(scenes)]
 
 
 def build_tokenizer(corpus: list[str], vocab_size: int):
     """Byte-level BPE trained on `corpus` (deterministic), BOS prepended, llava-hf chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     from repro.models.tiny import LLAVA_CHAT_TEMPLATE
@@ -230,8 +182,14 @@ def tokenizer_corpus(rows: list[Row]) -> list[str]:
 
 
 def build_model(cfg: TrainConfig, tok):
-    from transformers import (CLIPImageProcessorPil, CLIPVisionConfig, LlamaConfig, LlavaConfig,
-                              LlavaForConditionalGeneration, LlavaProcessor)
+    from transformers import (
+        CLIPImageProcessorPil,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
 
     from repro.models.tiny import LLAVA_CHAT_TEMPLATE
 
@@ -268,27 +226,49 @@ class Encoded:
     index: int
     ids: list[int]  # prompt (image placeholders expanded), answer, EOS
     n_prompt: int
-    evidence: list[int] = field(default_factory=list)
-    labels: dict[str, int] = field(default_factory=dict)
 
 
 def encode_rows(rows: list[Row], processor) -> list[Encoded]:
     tok = processor.tokenizer
     image = processor.image_token
-    n_image = processor.num_image_tokens if hasattr(processor, "num_image_tokens") else N_VISUAL
     out = []
     for r in rows:
-        prompt = tok(r.prompt.replace(image, image * n_image))["input_ids"]
+        prompt = tok(r.prompt.replace(image, image * N_VISUAL))["input_ids"]
         answer = tok(r.answer, add_special_tokens=False)["input_ids"]
-        out.append(Encoded(r.task, r.index, prompt + answer + [tok.eos_token_id], len(prompt), r.evidence, r.labels))
+        out.append(Encoded(r.task, r.index, prompt + answer + [tok.eos_token_id], len(prompt)))
     return out
 
 
-class Batcher:
-    """Pads encoded rows into tensors and turns their images into pixel values."""
+class Pixels:
+    """Images after the processor's resize and crop, kept as uint8 and normalised per batch.
+    Decoding and resizing PNGs at every step cost about as much as the model's step; uint8 keeps
+    the whole train split in memory (2.4 GB for 28k images). Normalising here equals the
+    processor's output to float rounding (tested)."""
 
-    def __init__(self, processor, tasks: dict[str, Any], datasets: dict[str, Any]):
-        self.processor, self.tasks, self.datasets = processor, tasks, datasets
+    def __init__(self, processor, images_of):
+        self.proc = processor.image_processor
+        self.images_of = images_of  # (task, index) -> list of PIL images
+        self.mean = torch.tensor(self.proc.image_mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(self.proc.image_std).view(1, 3, 1, 1)
+        self.store: dict[tuple[str, int], torch.Tensor] = {}
+
+    def add(self, key: tuple[str, int], images: list) -> None:
+        raw = self.proc(images=images, do_rescale=False, do_normalize=False, return_tensors="pt")["pixel_values"]
+        self.store[key] = raw.round().clamp(0, 255).to(torch.uint8)
+
+    def __call__(self, keys: list[tuple[str, int]]) -> torch.Tensor:
+        for key in keys:
+            if key not in self.store:
+                self.add(key, self.images_of(*key))
+        raw = torch.cat([self.store[k] for k in keys]).float() / 255.0
+        return (raw - self.mean) / self.std
+
+
+class Batcher:
+    """Pads encoded rows into tensors, with their pixel values."""
+
+    def __init__(self, processor, pixels: Pixels):
+        self.pixels = pixels
         self.pad = processor.tokenizer.pad_token_id
 
     def __call__(self, items: list[Encoded]) -> dict[str, torch.Tensor]:
@@ -296,73 +276,28 @@ class Batcher:
         ids = torch.full((len(items), width), self.pad)
         labels = torch.full((len(items), width), IGNORE)
         mask = torch.zeros((len(items), width), dtype=torch.long)
-        images = []
         for i, e in enumerate(items):
             n = len(e.ids)
             ids[i, :n] = torch.tensor(e.ids)
             labels[i, e.n_prompt:n] = torch.tensor(e.ids[e.n_prompt:])
             mask[i, :n] = 1
-            doc = self.datasets[e.task][e.index]
-            images.extend(self.tasks[e.task].doc_to_visual(doc))
-        pixels = self.processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
+        pixels = self.pixels([(e.task, e.index) for e in items])
         return {"input_ids": ids, "attention_mask": mask, "labels": labels, "pixel_values": pixels}
 
 
-
-class PatchHead(torch.nn.Module):
-    """Training-only auxiliary heads (never saved) on the visual features LLaVA reads (the input of
-    the projector): linear classifiers of colour, shape and sign word, trained on the evidence
-    patches of rows whose text names those attributes (`patch_labels`). The answer loss alone
-    (one or two tokens per image) teaches a from-scratch vision tower shapes and glyphs very
-    slowly; this gives it dense supervision from the same rows."""
+class PatchHeads(torch.nn.Module):
+    """Stage 1 only (never saved): linear classifiers of each patch's shape, colour and glyph on
+    the features LLaVA reads (the tower's `vision_feature_layer`, CLS dropped)."""
 
     def __init__(self, hidden: int):
+        from .pretraining import HEADS
+
         super().__init__()
-        self.heads = torch.nn.ModuleDict({k: torch.nn.Linear(hidden, len(v)) for k, v in ATTRIBUTES.items()})
-        self.features: torch.Tensor | None = None
+        self.heads = torch.nn.ModuleDict({k: torch.nn.Linear(hidden, n) for k, n in HEADS.items()})
 
-    def attach(self, model) -> None:
-        def grab(_module, args):
-            self.features = args[0]
-
-        model.model.multi_modal_projector.register_forward_pre_hook(grab)
-
-    def loss(self, items: list[Encoded]) -> torch.Tensor:
-        feats = self.features  # (images, patches, hidden)
-        total = feats.new_zeros((), dtype=torch.float32)
-        if feats.shape[0] != len(items):  # some row has several images: rows and images do not align
-            return total
-        for kind, head in self.heads.items():
-            rows, patches, classes = [], [], []
-            for i, e in enumerate(items):
-                if kind in e.labels:
-                    rows += [i] * len(e.evidence)
-                    patches += e.evidence
-                    classes += [e.labels[kind]] * len(e.evidence)
-            if rows:
-                logits = head(feats[torch.tensor(rows), torch.tensor(patches)].float())
-                total = total + torch.nn.functional.cross_entropy(logits, torch.tensor(classes, device=logits.device))
-        return total
-
-
-def attention_hint_loss(attentions, input_ids: torch.Tensor, image_token: int, items: list[Encoded],
-                        layers: list[int]) -> torch.Tensor:
-    """Training-only hint: in the given decoder layers, the first attention head of the last prompt
-    position (the one that predicts the answer) should put its mass on the row's evidence patches.
-    -log(attention mass on the evidence), averaged over rows with evidence and layers. The other
-    heads are free; it only shows the decoder where to read from, which the answer loss alone
-    discovers very slowly when the vision tower is learned from scratch."""
-    rows = [i for i, e in enumerate(items) if e.evidence]
-    total = attentions[0].new_zeros((), dtype=torch.float32)
-    if not rows:
-        return total
-    for layer in layers:
-        weights = attentions[layer]
-        for i in rows:
-            visual = (input_ids[i] == image_token).nonzero().flatten()[:N_VISUAL]
-            mass = weights[i, 0, items[i].n_prompt - 1, visual[items[i].evidence]].float().sum()
-            total = total - mass.clamp_min(1e-6).log()
-    return total / (len(rows) * len(layers))
+    def loss(self, features: torch.Tensor, labels: dict[str, torch.Tensor]) -> torch.Tensor:
+        return sum(torch.nn.functional.cross_entropy(head(features).float().flatten(0, 1), labels[k].flatten())
+                   for k, head in self.heads.items())
 
 
 def autocast(device: torch.device, precision: str):
@@ -409,39 +344,6 @@ def lr_at(step: int, cfg: TrainConfig, steps: int | None = None) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def pretrain_vision(model, head: "PatchHead", labelled: list[Encoded], batcher: Batcher, cfg: TrainConfig,
-                    rng: random.Random, dev: torch.device) -> None:
-    """Phase 1: the vision tower and PatchHead alone (no decoder, about a third of the cost of a
-    full step) learn colour, shape and sign words on the evidence patches of the labelled rows.
-    A from-scratch ViT learns shapes slowly; this spends the first minutes where it is cheapest."""
-    tower = model.model.vision_tower
-    layer = model.config.vision_feature_layer
-    params = list(tower.parameters()) + list(head.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-8, weight_decay=cfg.weight_decay)
-    order: list[int] = []
-    t0, avg = time.perf_counter(), None
-    for step in range(cfg.vision_steps):
-        if len(order) < cfg.vision_batch:
-            order += rng.sample(range(len(labelled)), len(labelled))
-        idx, order = order[:cfg.vision_batch], order[cfg.vision_batch:]
-        items = [labelled[i] for i in idx]
-        pixels = batcher.processor.image_processor(
-            images=[im for e in items for im in batcher.tasks[e.task].doc_to_visual(batcher.datasets[e.task][e.index])],
-            return_tensors="pt")["pixel_values"].to(dev)
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg, cfg.vision_steps)
-        with autocast(dev, cfg.precision):
-            head.features = tower(pixels, output_hidden_states=True).hidden_states[layer][:, 1:]
-            loss = head.loss(items)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        avg = float(loss) if avg is None else 0.98 * avg + 0.02 * float(loss)
-        if step % 50 == 0:
-            log.info("vision step %d patch loss %.3f %.0fs", step, avg, time.perf_counter() - t0)
-
-
 def _order(encoded: list[Encoded], cfg: TrainConfig, rng: random.Random) -> list[int]:
     """One pass over the training rows, each task repeated/subsampled by its weight, shuffled."""
     by_task: dict[str, list[int]] = {}
@@ -463,9 +365,82 @@ def _param_groups(model, cfg: TrainConfig):
     return [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def train_vision(model, heads: PatchHeads, scenes: list, pixels: Pixels, cfg: TrainConfig, rng: random.Random,
+                 dev: torch.device) -> list[dict]:
+    """Stage 1: the vision tower and the patch heads alone on the scenes' dense labels (no decoder:
+    a step costs about a third of a full one). Returns the loss history."""
+    tower, layer = model.model.vision_tower, model.config.vision_feature_layer
+    params = list(tower.parameters()) + list(heads.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-8, weight_decay=cfg.weight_decay)
+    labels = {k: torch.stack([s.labels[k] for s in scenes]) for k in heads.heads}
+    history, t0, avg = [], time.perf_counter(), None
+    for step in range(cfg.vision_steps):
+        idx = rng.sample(range(len(scenes)), cfg.vision_batch)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg, cfg.vision_steps)
+        with autocast(dev, cfg.precision):
+            feats = tower(pixels([(CAPTION, i) for i in idx]).to(dev), output_hidden_states=True).hidden_states[layer]
+            loss = heads.loss(feats[:, 1:], {k: v[idx].to(dev) for k, v in labels.items()})
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        avg = float(loss) if avg is None else 0.95 * avg + 0.05 * float(loss)
+        if (step + 1) % 100 == 0 or step + 1 == cfg.vision_steps:
+            history.append({"step": step + 1, "seconds": round(time.perf_counter() - t0, 1), "patch_loss": round(avg, 4)})
+            log.info("vision step %d patch loss %.3f %.0fs", step + 1, avg, time.perf_counter() - t0)
+    return history
+
+
+def fit(model, next_batch, steps: int, batcher: Batcher, cfg: TrainConfig, dev: torch.device, name: str,
+        evaluate=None, eval_every: int = 0) -> list[dict]:
+    """Stages 2 and 3: AdamW on the answer loss over `steps` batches from `next_batch()`, with its
+    own warm-up and cosine schedule; `evaluate()` every `eval_every` steps. Returns the history."""
+    groups = _param_groups(model, cfg)
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-8)
+    history, t0, avg = [], time.perf_counter(), None
+    for step in range(steps):
+        batch = {k: v.to(dev) for k, v in batcher(next_batch()).items()}
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg, steps)
+        with autocast(dev, cfg.precision):
+            loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        avg = float(loss) if avg is None else 0.98 * avg + 0.02 * float(loss)
+        if step % 50 == 0:
+            log.info("%s step %d loss %.4f lr %.2e %.0fs", name, step, avg, lr_at(step, cfg, steps), time.perf_counter() - t0)
+        if evaluate and eval_every and ((step + 1) % eval_every == 0 or step + 1 == steps):
+            res = evaluate()
+            mean = sum(r["exact_match"] for r in res.values()) / len(res)
+            history.append({"stage": name, "step": step + 1, "seconds": round(time.perf_counter() - t0, 1),
+                            "loss": round(avg, 4), "mean_exact_match": round(mean, 4),
+                            "exact_match": {k: round(r["exact_match"], 3) for k, r in res.items()}})
+            log.info("%s eval step %d mean %.3f %s", name, step + 1, mean,
+                     " ".join(f"{k}={r['exact_match']:.2f}" for k, r in res.items()))
+    return history
+
+
+def _batches(pool: list[Encoded], size: int, rng: random.Random, order=None):
+    """Endless batches of `size` from `pool`, in passes of `order(pool)` (default: shuffled)."""
+    queue: list[int] = []
+    while True:
+        if len(queue) < size:
+            if order is None:
+                queue += rng.sample(range(len(pool)), len(pool))
+            else:
+                queue += order()
+        idx, queue = queue[:size], queue[size:]
+        yield [pool[i] for i in idx]
+
+
 def train(cfg: TrainConfig, out: Path, *, data_dir: Path, device: str = "cpu", threads: int | None = None,
           eval_every: int = 250, eval_rows: int = 48, command: str = "") -> dict:
     """Train, save to `out` (fp16 safetensors + processor + SHA256SUMS + train_record.json); the record."""
+    from .pretraining import scenes as make_scenes
+
     t_start = time.perf_counter()
     if threads:
         torch.set_num_threads(threads)
@@ -476,77 +451,49 @@ def train(cfg: TrainConfig, out: Path, *, data_dir: Path, device: str = "cpu", t
     tasks = task_objects(data_dir)
     train_rows, train_ds = split_rows(data_dir, tasks, "train", cfg.train_rows)
     val_rows, val_ds = split_rows(data_dir, tasks, "validation")
-    tok = build_tokenizer(tokenizer_corpus(train_rows), cfg.vocab_size)
+    scenes = make_scenes(cfg.seed, cfg.scenes)
+    captions = caption_rows(scenes)
+    tok = build_tokenizer(tokenizer_corpus(train_rows + captions), cfg.vocab_size)
     model, processor = build_model(cfg, tok)
     _check_prompt_encoding(processor, tasks, train_ds, train_rows)
-    train_enc, val_enc = encode_rows(train_rows, processor), encode_rows(val_rows, processor)
+    train_enc, val_enc, cap_enc = (encode_rows(r, processor) for r in (train_rows, val_rows, captions))
     n_params = sum(p.numel() for p in model.parameters())
-    log.info("rows: train %d, validation %d; vocab %d; params %.2fM; prompt tokens mean %.1f max %d (+%d visual)",
-             len(train_enc), len(val_enc), len(tok), n_params / 1e6,
-             sum(e.n_prompt for e in train_enc) / len(train_enc) - N_VISUAL,
-             max(e.n_prompt for e in train_enc) - N_VISUAL, N_VISUAL)
-    train_batcher, val_batcher = Batcher(processor, tasks, train_ds), Batcher(processor, tasks, val_ds)
+    log.info("rows: train %d, validation %d, scenes %d; vocab %d; params %.2fM; prompt tokens mean %.1f max %d "
+             "(+%d visual); caption tokens mean %.1f", len(train_enc), len(val_enc), len(cap_enc), len(tok),
+             n_params / 1e6, sum(e.n_prompt for e in train_enc) / len(train_enc) - N_VISUAL,
+             max(e.n_prompt for e in train_enc) - N_VISUAL, N_VISUAL,
+             sum(len(e.ids) - e.n_prompt for e in cap_enc) / max(1, len(cap_enc)))
+
+    def images_of(split_ds):
+        def get(task: str, index: int) -> list:
+            if task == CAPTION:
+                return [scenes[index].image]
+            return tasks[task].doc_to_visual(split_ds[task][index])
+        return get
+
+    train_batcher = Batcher(processor, Pixels(processor, images_of(train_ds)))
+    val_batcher = Batcher(processor, Pixels(processor, images_of(val_ds)))
     rng = random.Random(f"tinyworld-llava/{cfg.seed}")
     monitor = [e for key in tasks for e in [v for v in val_enc if v.task == key][:eval_rows]]
-
     model.to(dev).train()
-    head = PatchHead(cfg.vision_hidden).to(dev) if cfg.patch_weight > 0 else None
-    hint_layers = [int(x) for x in cfg.attn_layers.split(",")] if cfg.attn_weight > 0 else []
-    if hint_layers:  # attention weights are needed: eager attention in the decoder while training
-        model.set_attn_implementation({"text_config": "eager", "vision_config": "sdpa"})
-    if head is not None:
-        labelled = [e for e in train_enc if e.labels]
-        log.info("patch labels on %d of %d training rows", len(labelled), len(train_enc))
-        if cfg.vision_steps:
-            pretrain_vision(model, head, labelled, train_batcher, cfg, rng, dev)
-        head.attach(model)
-    groups = _param_groups(model, cfg) + ([{"params": list(head.parameters()), "weight_decay": 0.0}] if head else [])
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-8)
-    order: list[int] = []
-    history = []
     t_train = time.perf_counter()
-    loss_avg = None
-    aux_avg = hint_avg = 0.0
-    for step in range(cfg.steps):
-        if len(order) < cfg.batch_size:
-            order += _order(train_enc, cfg, rng)
-        idx, order = order[:cfg.batch_size], order[cfg.batch_size:]
-        items = [train_enc[i] for i in idx]
-        batch = {k: v.to(dev) for k, v in train_batcher(items).items()}
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg)
-        with autocast(dev, cfg.precision):
-            fwd = model(**batch, output_attentions=bool(hint_layers))
-            loss = fwd.loss
-            if head is not None:
-                aux = head.loss(items)
-                aux_avg = float(aux) if step == 0 else 0.98 * aux_avg + 0.02 * float(aux)
-                loss = loss + cfg.patch_weight * aux
-            if hint_layers:
-                hint = attention_hint_loss(fwd.attentions, batch["input_ids"], model.config.image_token_id, items,
-                                           hint_layers)
-                hint_avg = float(hint) if step == 0 else 0.98 * hint_avg + 0.02 * float(hint)
-                loss = loss + cfg.attn_weight * hint
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        loss_avg = float(fwd.loss) if loss_avg is None else 0.98 * loss_avg + 0.02 * float(fwd.loss)
-        if step % 25 == 0:
-            log.info("step %d loss %.4f%s lr %.2e %.0fs", step, loss_avg,
-                     (f" patch {aux_avg:.3f}" if head is not None else "")
-                     + (f" hint {hint_avg:.3f}" if hint_layers else ""), lr_at(step, cfg),
-                     time.perf_counter() - t_train)
-        if eval_every and ((step + 1) % eval_every == 0 or step + 1 == cfg.steps):
-            res = teacher_forced(model, val_batcher, monitor, batch_size=64, device=dev, precision=cfg.precision)
-            mean = sum(r["exact_match"] for r in res.values()) / len(res)
-            history.append({"step": step + 1, "seconds": round(time.perf_counter() - t_train, 1),
-                            "loss": round(loss_avg, 4), "mean_exact_match": round(mean, 4),
-                            "exact_match": {k: round(r["exact_match"], 3) for k, r in res.items()}})
-            log.info("eval step %d mean %.3f %s", step + 1, mean,
-                     " ".join(f"{k}={r['exact_match']:.2f}" for k, r in res.items()))
+
+    def evaluate():
+        return teacher_forced(model, val_batcher, monitor, batch_size=64, device=dev, precision=cfg.precision)
+
+    history = {"vision": [], "caption": [], "tasks": []}
+    if cfg.vision_steps:
+        heads = PatchHeads(cfg.vision_hidden).to(dev)
+        history["vision"] = train_vision(model, heads, scenes, train_batcher.pixels, cfg, rng, dev)
+    if cfg.caption_steps:
+        history["caption"] = fit(model, _batches(cap_enc, cfg.batch_size, rng).__next__, cfg.caption_steps,
+                                 train_batcher, cfg, dev, "caption")
+    n_caption = round(cfg.batch_size * cfg.caption_mix) if cap_enc else 0
+    task_batches = _batches(train_enc, cfg.batch_size - n_caption, rng, order=lambda: _order(train_enc, cfg, rng))
+    caption_batches = _batches(cap_enc, n_caption, rng) if n_caption else None
+    history["tasks"] = fit(model, lambda: next(task_batches) + (next(caption_batches) if caption_batches else []),
+                           cfg.steps, train_batcher, cfg, dev, "tasks", evaluate, eval_every)
     train_seconds = time.perf_counter() - t_train
-    model.set_attn_implementation("sdpa")
 
     record = save(model, processor, out, cfg)
     reloaded, _ = load_trained(out)  # what users get: stored weights, upcast to fp32
@@ -647,7 +594,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:
-    from . import build as build_suite, default_data_dir, verify
+    from . import build as build_suite
+    from . import default_data_dir, verify
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     values = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}
