@@ -56,7 +56,7 @@ class TrainConfig:
     vision_steps: int = 600  # stage 1: vision tower + per-patch heads on the scenes
     vision_batch: int = 32
     caption_steps: int = 800  # stage 2: the whole model captions the scenes
-    steps: int = 2000  # stage 3: the task train splits (plus `caption_mix` caption rows)
+    steps: int = 2500  # stage 3: the task train splits (plus `caption_mix` caption rows)
     caption_mix: float = 0.2  # fraction of stage-3 rows that are captions (keeps the reading skills)
     batch_size: int = 16
     lr: float = 1e-3
