@@ -61,3 +61,20 @@ def test_three_stage_run_writes_a_loadable_checkpoint(tmp_path):
     assert stored["config"]["caption_steps"] == 2
     model, proc = load_trained(tmp_path / "ckpt")
     assert model.dtype == torch.float32 and proc.tokenizer.eos_token == "</s>"
+
+
+def test_scene_questions_are_separate_rows_supervised_only_on_answers():
+    from repro.tinyworld.train import IGNORE, Batcher, caption_rows, encode_rows, tokenizer_corpus
+
+    scenes = pretraining.scenes(1, 6, chart_fraction=0.3)
+    rows = caption_rows(scenes)
+    asked = [r for r in rows if r.turns]
+    assert asked and all(s.caption not in r.prompt + "".join(q for q, _ in r.turns) for r, s in
+                         zip(asked, [scenes[r.index] for r in asked]))
+    tok = build_tokenizer(tokenizer_corpus(rows), 600)
+    proc = build_model(TrainConfig(vision_layers=1, text_layers=1), tok)[1]
+    row = asked[0]
+    enc = encode_rows([row], proc)[0]
+    labels = Batcher(proc, Pixels(proc, lambda t, i: [scenes[i].image]))([enc])["labels"][0]
+    supervised = tok.decode([t for t, lab in zip(enc.ids, labels.tolist()) if lab != IGNORE])
+    assert supervised == "</s>".join([row.answer] + [a for _, a in row.turns]) + "</s>"

@@ -16,10 +16,11 @@ glyph under the patch centre on signs and charts).
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
+from . import questions as Q
 from .scenes import (
     CHART_MAX,
     COL_NAMES,
@@ -51,6 +52,7 @@ class Scene:
     image: object  # PIL image
     labels: dict[str, torch.Tensor]  # head -> (SIDE * SIDE,) long
     caption: str
+    turns: list[tuple[str, str]] = field(default_factory=list)  # follow-up (question, answer) turns
 
 
 def _centres():
@@ -100,7 +102,10 @@ def object_scene(rng: random.Random) -> Scene:
         _mark_text(labels["char"], s.text, (x0 + (x1 - x0 - tw) // 2, y0 + (y1 - y0 - th) // 2 + 1))
         parts.append((s.row, s.col, f"{s.colour} sign {s.text.lower()}"))
     caption = "; ".join(f"{ROW_NAMES[r]} {COL_NAMES[c]}: {what}" for r, c, what in sorted(parts))
-    return Scene(image, labels, caption)
+    turns = [(qa.question, qa.answer) for qa in _object_questions(rng, objs)]
+    turns += [(f"What word is on the {s.colour} sign?", s.text.lower()) for s in signs]
+    rng.shuffle(turns)
+    return Scene(image, labels, caption, turns[:TURNS])
 
 
 def chart_scene(rng: random.Random) -> Scene:
@@ -117,7 +122,24 @@ def chart_scene(rng: random.Random) -> Scene:
         _mark_text(labels["char"], b.label, (cx - text_size(b.label)[0] // 2, base + 2))
     caption = "bars: " + ", ".join(f"{b.label.lower()} {b.value} {b.colour}" for b in bars)
     assert all(1 <= b.value <= CHART_MAX for b in bars)
-    return Scene(image, labels, caption)
+    top = max(bars, key=lambda b: b.value)
+    turns = [(f"What is the value of bar {b.label}?", str(b.value)) for b in rng.sample(bars, min(3, len(bars)))]
+    if sum(b.value == top.value for b in bars) == 1:
+        turns.append(("Which bar has the highest value?", top.label))
+    return Scene(image, labels, caption, turns)
+
+
+TURNS = 6
+"""Follow-up questions per scene: each needs a content lookup ("the colour of the cross"), the
+skill captions (read in reading order) do not teach, and one image forward serves them all."""
+
+
+def _object_questions(rng: random.Random, objs: list) -> list:
+    """The task generators' own question kinds (questions.py), asked of one scene."""
+    asked = [Q.ask_colour(rng, objs), Q.ask_shape(rng, objs), Q.ask_count(rng, objs), Q.ask_size(rng, objs),
+             Q.ask_side(rng, objs), Q.ask_exists(rng, objs, True), Q.ask_exists(rng, objs, False),
+             Q.ask_relation(rng, objs)]
+    return [qa for qa in asked if qa is not None]
 
 
 def scenes(seed: int, n: int, chart_fraction: float = 0.2) -> list[Scene]:

@@ -53,10 +53,10 @@ class TrainConfig:
 
     seed: int = 0
     scenes: int = 6000  # generated pretraining scenes (pretraining.py), stages 1 and 2
-    vision_steps: int = 600  # stage 1: vision tower + per-patch heads on the scenes
+    vision_steps: int = 500  # stage 1: vision tower + per-patch heads on the scenes
     vision_batch: int = 32
-    caption_steps: int = 800  # stage 2: the whole model captions the scenes
-    steps: int = 2500  # stage 3: the task train splits (plus `caption_mix` caption rows)
+    caption_steps: int = 900  # stage 2: the whole model captions the scenes and answers questions on them
+    steps: int = 1200  # stage 3: the task train splits (plus `caption_mix` caption rows)
     caption_mix: float = 0.2  # fraction of stage-3 rows that are captions (keeps the reading skills)
     batch_size: int = 16
     lr: float = 1e-3
@@ -109,6 +109,7 @@ class Row:
     n_images: int
     prompt: str  # full chat prompt
     answer: str
+    turns: list[tuple[str, str]] = field(default_factory=list)  # further (question, answer) chat turns
 
 
 CAPTION = "caption"
@@ -132,9 +133,17 @@ def split_rows(data_dir: Path, tasks: dict[str, Any], split: str, cap: int = 0) 
 
 
 def caption_rows(scenes: list) -> list[Row]:
+    """Two rows per generated scene: its caption, and its questions as chat turns (separate, so the
+    answers must come from the image and not from the caption in context)."""
     from .pretraining import CAPTION_PROMPT
 
-    return [Row(CAPTION, i, 1, chat_prompt(1, CAPTION_PROMPT), s.caption) for i, s in enumerate(scenes)]
+    rows = []
+    for i, s in enumerate(scenes):
+        rows.append(Row(CAPTION, i, 1, chat_prompt(1, CAPTION_PROMPT), s.caption))
+        if s.turns:
+            (question, answer), *rest = s.turns
+            rows.append(Row(CAPTION, i, 1, chat_prompt(1, question), answer, rest))
+    return rows
 
 
 def build_tokenizer(corpus: list[str], vocab_size: int):
@@ -167,14 +176,11 @@ def build_tokenizer(corpus: list[str], vocab_size: int):
 
 
 def tokenizer_corpus(rows: list[Row]) -> list[str]:
-    """Prompts (image token removed) and answers, in a fixed order; answers also alone, as decoded."""
-    seen: set[str] = set()
+    """Prompts (image token removed), answers and later turns, in a fixed order."""
     corpus = []
     for r in rows:
-        corpus.append(r.prompt.replace("<image>", ""))
-        if r.answer not in seen:
-            seen.add(r.answer)
-        corpus.append(r.answer)
+        corpus += [r.prompt.replace("<image>", ""), r.answer]
+        corpus += [f"USER: {q} ASSISTANT: {a}" for q, a in r.turns]
     return corpus
 
 
@@ -224,18 +230,27 @@ def build_model(cfg: TrainConfig, tok):
 class Encoded:
     task: str
     index: int
-    ids: list[int]  # prompt (image placeholders expanded), answer, EOS
+    ids: list[int]  # prompt (image placeholders expanded), answer, EOS, then any further turns
     n_prompt: int
+    unsupervised: list[tuple[int, int]] = field(default_factory=list)  # [start, end) of later questions
 
 
 def encode_rows(rows: list[Row], processor) -> list[Encoded]:
+    """Token ids; the loss covers every answer and its EOS, never a prompt or a later question
+    (turns follow the llava chat template: `USER: Q ASSISTANT: A</s>`)."""
     tok = processor.tokenizer
     image = processor.image_token
     out = []
     for r in rows:
-        prompt = tok(r.prompt.replace(image, image * N_VISUAL))["input_ids"]
-        answer = tok(r.answer, add_special_tokens=False)["input_ids"]
-        out.append(Encoded(r.task, r.index, prompt + answer + [tok.eos_token_id], len(prompt)))
+        ids = tok(r.prompt.replace(image, image * N_VISUAL))["input_ids"]
+        n_prompt = len(ids)
+        ids += tok(r.answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        skip = []
+        for question, answer in r.turns:
+            q = tok(f"USER: {question} ASSISTANT:", add_special_tokens=False)["input_ids"]
+            skip.append((len(ids), len(ids) + len(q)))
+            ids += q + tok(answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        out.append(Encoded(r.task, r.index, ids, n_prompt, skip))
     return out
 
 
@@ -280,6 +295,8 @@ class Batcher:
             n = len(e.ids)
             ids[i, :n] = torch.tensor(e.ids)
             labels[i, e.n_prompt:n] = torch.tensor(e.ids[e.n_prompt:])
+            for a, b in e.unsupervised:
+                labels[i, a:b] = IGNORE
             mask[i, :n] = 1
         pixels = self.pixels([(e.task, e.index) for e in items])
         return {"input_ids": ids, "attention_mask": mask, "labels": labels, "pixel_values": pixels}
@@ -487,7 +504,7 @@ def train(cfg: TrainConfig, out: Path, *, data_dir: Path, device: str = "cpu", t
         history["vision"] = train_vision(model, heads, scenes, train_batcher.pixels, cfg, rng, dev)
     if cfg.caption_steps:
         history["caption"] = fit(model, _batches(cap_enc, cfg.batch_size, rng).__next__, cfg.caption_steps,
-                                 train_batcher, cfg, dev, "caption")
+                                 train_batcher, cfg, dev, "caption", evaluate, eval_every)
     n_caption = round(cfg.batch_size * cfg.caption_mix) if cap_enc else 0
     task_batches = _batches(train_enc, cfg.batch_size - n_caption, rng, order=lambda: _order(train_enc, cfg, rng))
     caption_batches = _batches(cap_enc, n_caption, rng) if n_caption else None
