@@ -547,6 +547,10 @@ def _run_sweep(args: argparse.Namespace) -> int:
                          timeout_min=args.slurm_timeout_min, rows_per_job=args.rows_per_job, cluster=args.slurm_cluster)
     run_sweep(spec, store, executor=args.executor, slurm=slurm, data_dir=args.data_dir, staged=staged,
               threads=args.threads)
+    from repro.eval.parallel import is_main
+
+    if not is_main():  # a non-zero rank under `accelerate launch`: rank 0 writes the reports
+        return 0
     for path in write_reports(spec, Store(store), args.tables or default_tables_dir(spec.profile),
                               args.figures or default_figures_dir(spec.profile)):
         print(f"wrote {path}")

@@ -48,6 +48,8 @@ def tiny_report(model: str, keeps: list[float], *, split: str, limit: int | None
         t0 = time.perf_counter()
         res = evaluate(args, tasks, data_dir=data_dir, limit=limit, output_dir=out / f"keep_{keep:g}")
         seconds = time.perf_counter() - t0
+        if res is None:  # a non-zero rank under `accelerate launch`: rank 0 reports
+            continue
         metrics = main_metrics(res)
         n = sum(res["n-samples"][t]["effective"] for t in tasks)
         report["passes"].append({"keep": keep, "model_args": res["repro"]["model_args"], "seconds": round(seconds, 1),
@@ -55,6 +57,8 @@ def tiny_report(model: str, keeps: list[float], *, split: str, limit: int | None
                                  "mean": round(sum(metrics.values()) / len(metrics), 4)})
         print(f"keep {keep:g}: mean {report['passes'][-1]['mean']:.3f} over {len(metrics)} tasks, {n} samples, "
               f"{seconds:.0f}s", flush=True)
+    if not report["passes"]:
+        return report
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     (out / "report.md").write_text(markdown(report), encoding="utf-8")

@@ -12,6 +12,11 @@
 | `attn` | attention backend: `sdpa`, `eager`, `flash_attention_2` | `sdpa` |
 | `device` | `cpu`, `cuda`, `cuda:0`, ... | `cpu` |
 
+Data parallelism: run under `accelerate launch --num_processes N` (see repro.eval.parallel); as in
+lmms-eval's llava_hf, each process builds an `Accelerator()`, puts the model on
+`cuda:{local_process_index}` (CPU: `cpu`) and sets `_rank`/`_world_size`/`accelerator`, and lmms-eval
+shards the documents by rank. The model is not wrapped in DDP: inference needs no gradient sync.
+
 `batch_size`/`max_batch_size` (added by lmms-eval) are accepted; samples always run one at a
 time (every sample has its own schedule), so they do not change outputs. Any other key is an
 error that lists these.
@@ -102,6 +107,8 @@ class ReproLMM(lmms):
         super().__init__()
         import repro
 
+        from . import parallel
+
         args = check_model_args(kwargs)
         self.model_args = args
         self.options = parse_options(args["options"])
@@ -112,10 +119,22 @@ class ReproLMM(lmms):
                              "method=none is the unpruned model")
         # Build the method first: a bad method name or option fails before any weights load.
         self.method = repro.method(self.method_name, self.budget, **self.options) if self.method_name else None
+        # As lmms-eval's HF classes: one Accelerator per process; with N > 1 processes this
+        # process's device is cuda:{local rank} (or cpu) and rank/world size come from accelerate.
+        self.accelerator = parallel.accelerator(str(args["device"]))
+        self._device = parallel.process_device(str(args["device"]))
+        if self.accelerator.num_processes > 1:
+            self._rank = self.accelerator.local_process_index  # lmms-eval's evaluator then sets the global rank
+            self._world_size = self.accelerator.num_processes
+        # `loaded_model` must already be on `parallel.process_device(device)` (the sweep runner's is).
         self.model = loaded_model if loaded_model is not None else repro.load(
-            str(args["model"]), dtype=str(args["dtype"]), device=str(args["device"]),
+            str(args["model"]), dtype=str(args["dtype"]), device=self._device,
             attn_implementation=str(args["attn"]))
-        self._device = str(args["device"])
+
+    @property
+    def device(self) -> str:
+        """This process's device (lmms-eval's evaluator puts its rank-gather tensors on it)."""
+        return self._device
 
     @classmethod
     def create_from_arg_string(cls, arg_string, additional_config=None):
@@ -139,7 +158,7 @@ class ReproLMM(lmms):
         from tqdm import tqdm
 
         out = []
-        for req in tqdm(requests, disable=len(requests) < 2, desc="repro responding"):
+        for req in tqdm(requests, disable=len(requests) < 2 or self.rank != 0, desc="repro responding"):
             context, gen_kwargs, doc_to_visual, doc_id, task, split = req.args
             doc = self.task_dict[task][split][doc_id]
             out.append(self.respond(context, self._images(doc_to_visual(doc), task), dict(gen_kwargs or {})))

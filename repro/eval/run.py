@@ -84,8 +84,12 @@ def task_manager_for(data_dir: Path | str | None = None, *, staged: Path | str |
 def evaluate(model_args: str | dict[str, Any], tasks: list[str] | str, *, data_dir: Path | str | None = None,
              staged: Path | str | None = None, include_path: Path | str | None = None, limit: int | float | None = None,
              output_dir: Path | str | None = None, log_samples: bool = True, task_manager=None, lm=None,
-             seed: int = 0) -> dict[str, Any]:
+             seed: int = 0) -> dict[str, Any] | None:
     """Run lmms-eval's `simple_evaluate` with `--model repro` and return its results dict.
+
+    Under `accelerate launch --num_processes N` (repro.eval.parallel) every process must call
+    this; rank 0 gets the gathered results (samples sorted by doc_id, so they read as a
+    one-process run's) and writes `output_dir`, the other ranks get None.
 
     `lm`: a ready `ReproLMM` built from the same `model_args` (reused across calls: the model is
     loaded once). `seed` sets lmms-eval's seeds (python `seed`, numpy/torch/fewshot `1234 + seed`).
@@ -114,7 +118,13 @@ def evaluate(model_args: str | dict[str, Any], tasks: list[str] | str, *, data_d
                                         random_seed=seed, numpy_random_seed=1234 + seed,
                                         torch_random_seed=1234 + seed, fewshot_random_seed=1234 + seed)
     if results is None:
-        raise ReproError("lmms-eval returned no results (not the main process?)")
+        from . import parallel
+
+        if not parallel.is_main():
+            return None  # lmms-eval gathered this rank's documents on rank 0
+        raise ReproError("lmms-eval returned no results")
+    for task, samples in (results.get("samples") or {}).items():  # gathered rank by rank: restore doc order
+        results["samples"][task] = sorted(samples, key=lambda s: s.get("doc_id", 0))
     results["repro"] = {"model_args": args, "tasks": tasks, "limit": limit, "seconds": round(time.perf_counter() - t0, 2)}
     if output_dir is not None:
         out = Path(output_dir)
@@ -124,8 +134,7 @@ def evaluate(model_args: str | dict[str, Any], tasks: list[str] | str, *, data_d
                                           encoding="utf-8")
         for task, samples in (results.get("samples") or {}).items():
             with open(out / f"samples_{task}.jsonl", "w", encoding="utf-8") as f:
-                for s in samples:
-                    f.write(json.dumps(s, default=handle_non_serializable, ensure_ascii=False) + "\n")
+                f.writelines(json.dumps(s, default=handle_non_serializable, ensure_ascii=False) + "\n" for s in samples)
     return results
 
 

@@ -6,10 +6,18 @@ one record per cell. It skips finished cells, recomputes corrupt ones, and takes
 two workers on one store never compute the same cell at once (a locked cell is retried at the end,
 after the other worker has written it). The in-process executor calls it directly; the SLURM
 executor submits it through submitit, one job per group of rows.
+
+Under `accelerate launch --num_processes N -m repro sweep SPEC` (repro.eval.parallel) every rank
+runs `run_cells` over the same cells and each cell's evaluation is sharded across the ranks. Rank 0
+alone takes the cell locks, decides (skip / compute / recompute) and broadcasts its decision, and
+alone writes records. A DOP artifact is searched by whichever rank takes its store lock first and
+read by the others, which wait on that lock (not on a collective, so a long search hits no
+process-group timeout).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -108,7 +116,9 @@ class _Worker:
             import repro
 
             self.models.clear(), self.lms.clear()  # one model in memory at a time
-            self.models[key] = repro.load(cell.model, dtype=cell.dtype, device=cell.device,
+            from repro.eval.parallel import process_device
+
+            self.models[key] = repro.load(cell.model, dtype=cell.dtype, device=process_device(cell.device),
                                           attn_implementation=cell.attn)
         return self.models[key]
 
@@ -131,7 +141,9 @@ class _Worker:
                 args["budget"] = cell.budget
         return args
 
-    def compute(self, cell: Cell) -> dict:
+    def compute(self, cell: Cell) -> dict | None:
+        """The cell's record, written to the store; None on a non-zero rank (rank 0 writes)."""
+        from repro.eval import parallel
         from repro.eval.run import evaluate
         from repro.runner import benchmarks
         from repro.runner.provenance import provenance
@@ -140,6 +152,8 @@ class _Worker:
         t0 = time.perf_counter()
         res = evaluate(args, [cell.task], task_manager=self.tm, limit=cell.limit, lm=lm, seed=cell.seed)
         seconds = time.perf_counter() - t0
+        if res is None:
+            return None
         samples = _plain(res.get("samples", {}).get(cell.task, []))
         raw, score = benchmarks.score(cell.task, res)
         h = benchmarks.headline(cell.task)
@@ -147,7 +161,8 @@ class _Worker:
         record = {"config": cell.config(), "label": cell.label, "model_args": args,
                   "provenance": provenance(cell.device, cell.dtype, cell.attn, self.commit),
                   "metrics": {"benchmark": h.benchmark, "metric": h.metric, "raw": raw, "score": score},
-                  "budget_stats": budget_stats(samples), "lmms_eval": summary, "seconds": round(seconds, 2)}
+                  "budget_stats": budget_stats(samples), "lmms_eval": summary, "seconds": round(seconds, 2),
+                  "processes": parallel.world_size()}
         self.store.write(cell.key, record, samples)
         return record
 
@@ -162,32 +177,40 @@ def run_cells(cells: list[Cell], store_root: str, source: DataSource, commit: st
 
         torch.set_num_threads(threads)
 
+    from repro.eval import parallel
+
     store = Store(store_root)
+    if cells:
+        parallel.accelerator(cells[0].device)  # starts the process group under `accelerate launch`
+    main = parallel.is_main()
     budgets: dict[str, list[str]] = defaultdict(list)
     for c in cells:
         if c.search is not None and c.budget:
             budgets[c.model].append(c.budget)
     worker = _Worker(store, source, commit, dict(budgets))
     outcome = Outcome()
-    bar = tqdm(total=len(cells), desc="cells", unit="cell", disable=not progress)
+    bar = tqdm(total=len(cells), desc="cells", unit="cell", disable=not progress or not main)
 
     def attempt(cell: Cell, blocking: bool) -> bool:
-        with store.lock(cell.key, blocking=blocking) as got:
+        with store.lock(cell.key, blocking=blocking) if main else contextlib.nullcontext() as got:
+            got, status = parallel.broadcast((got, store.status(cell.key) if got else None))  # rank 0 decides
             if not got:
                 return False
-            status = store.status(cell.key)
             if status == "done":
                 outcome.skipped.append(cell.key)
             else:
                 if status.startswith("corrupt"):
-                    print(f"{cell.describe()}: {status}; recomputing", flush=True)
-                    store.discard(cell.key)
+                    if main:
+                        print(f"{cell.describe()}: {status}; recomputing", flush=True)
+                        store.discard(cell.key)
                     outcome.recomputed.append(cell.key)
                 try:
                     rec = worker.compute(cell)
                 except ReproError as err:
                     raise ReproError(f"cell {cell.describe()}: {err}") from None
                 outcome.computed.append(cell.key)
+                if rec is None:  # a non-zero rank
+                    return True
                 stats = rec["budget_stats"]
                 bar.write(f"done {cell.describe()}: {rec['metrics']['benchmark']} {rec['metrics']['score']:.2f}, "
                           f"{stats.get('tflops_paper', {}).get('mean', float('nan')):.4g} TFLOPs, "

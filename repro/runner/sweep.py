@@ -1,5 +1,10 @@
 """A sweep: expand a spec, stop early on missing inputs, evaluate the unfinished cells with the
-chosen executor, and report what was computed and what was reused."""
+chosen executor, and report what was computed and what was reused.
+
+Multi-GPU inside a cell: `accelerate launch --num_processes N -m repro sweep SPEC` runs N ranks that
+shard every cell's documents (see repro.eval.parallel and repro.runner.executors); rank 0 writes
+the records and reports.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from repro.errors import ReproError
 from repro.runner.executors import (
     DataSource,
     Outcome,
@@ -33,6 +39,7 @@ def default_store(profile: str) -> Path:
 def run_sweep(spec: Spec, store_root: Path | str, *, executor: str = "local", slurm: SlurmOptions | None = None,
               data_dir: Path | str | None = None, staged: Path | str | None = None,
               progress: bool = True, threads: int | None = None) -> SweepResult:
+    from repro.eval import parallel
     from repro.runner.provenance import git_commit
 
     t0 = time.perf_counter()
@@ -41,8 +48,15 @@ def run_sweep(spec: Spec, store_root: Path | str, *, executor: str = "local", sl
     require_inputs(spec, Path(staged) if staged else None)
     cells = expand(spec)
     store = Store(store_root)
-    pending = [c for c in cells if store.status(c.key) != "done"]
-    print(f"sweep {spec.path}: {len(cells)} cells, {len(cells) - len(pending)} finished, {len(pending)} to compute "
+    # Under `accelerate launch --num_processes N` (repro.eval.parallel) all ranks evaluate the same
+    # cells together: start the process group now and take rank 0's view of the store.
+    parallel.accelerator(spec.device)
+    main = parallel.is_main()
+    if parallel.world_size() > 1 and executor == "slurm":
+        raise ReproError("the slurm executor submits jobs from one process; run it without `accelerate launch`")
+    pending = parallel.broadcast([c for c in cells if store.status(c.key) != "done"])
+    say = print if main else (lambda *a, **k: None)  # rank 0 reports
+    say(f"sweep {spec.path}: {len(cells)} cells, {len(cells) - len(pending)} finished, {len(pending)} to compute "
           f"(store {store.root})", flush=True)
     source = DataSource(spec.profile, str(data_dir) if data_dir else None, str(staged) if staged else None)
     if not pending:
@@ -52,6 +66,6 @@ def run_sweep(spec: Spec, store_root: Path | str, *, executor: str = "local", sl
     else:
         outcome = run_cells(pending, str(store.root), source, git_commit(), progress, threads)
     seconds = time.perf_counter() - t0
-    print(f"sweep done in {seconds:.0f} s: {len(outcome.computed)} computed ({len(outcome.recomputed)} of them "
+    say(f"sweep done in {seconds:.0f} s: {len(outcome.computed)} computed ({len(outcome.recomputed)} of them "
           f"replaced corrupt records), {len(cells) - len(outcome.computed)} reused", flush=True)
     return SweepResult(cells, outcome, seconds)
