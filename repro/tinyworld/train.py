@@ -475,7 +475,7 @@ def train(cfg: TrainConfig, out: Path, *, data_dir: Path, device: str = "cpu", t
     _check_prompt_encoding(processor, tasks, train_ds, train_rows)
     train_enc, val_enc, cap_enc = (encode_rows(r, processor) for r in (train_rows, val_rows, captions))
     n_params = sum(p.numel() for p in model.parameters())
-    log.info("rows: train %d, validation %d, scenes %d; vocab %d; params %.2fM; prompt tokens mean %.1f max %d "
+    log.info("rows: train %d, validation %d, scene rows %d; vocab %d; params %.2fM; prompt tokens mean %.1f max %d "
              "(+%d visual); caption tokens mean %.1f", len(train_enc), len(val_enc), len(cap_enc), len(tok),
              n_params / 1e6, sum(e.n_prompt for e in train_enc) / len(train_enc) - N_VISUAL,
              max(e.n_prompt for e in train_enc) - N_VISUAL, N_VISUAL,
