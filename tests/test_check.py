@@ -22,7 +22,10 @@ GOLDEN = ROOT / "paper_tables" / "golden" / "tiny.csv"
 
 
 def _run(args: list[str], **kw) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    # run_all.sh uses .venv/bin/python when the checkout has one, else `python3` from PATH: put this
+    # interpreter first so a clean clone tested from another venv (.ci/run) runs the same Python
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**os.environ, "PATH": path, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     return subprocess.run(args, check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, **kw)
 
 
