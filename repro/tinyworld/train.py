@@ -402,7 +402,8 @@ def train_vision(model, heads: PatchHeads, scenes: list, pixels: Pixels, cfg: Tr
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        avg = float(loss) if avg is None else 0.95 * avg + 0.05 * float(loss)
+        value = float(loss.detach())
+        avg = value if avg is None else 0.95 * avg + 0.05 * value
         if (step + 1) % 100 == 0 or step + 1 == cfg.vision_steps:
             history.append({"step": step + 1, "seconds": round(time.perf_counter() - t0, 1), "patch_loss": round(avg, 4)})
             log.info("vision step %d patch loss %.3f %.0fs", step + 1, avg, time.perf_counter() - t0)
@@ -426,7 +427,8 @@ def fit(model, next_batch, steps: int, batcher: Batcher, cfg: TrainConfig, dev: 
         torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        avg = float(loss) if avg is None else 0.98 * avg + 0.02 * float(loss)
+        value = float(loss.detach())
+        avg = value if avg is None else 0.98 * avg + 0.02 * value
         if step % 50 == 0:
             log.info("%s step %d loss %.4f lr %.2e %.0fs", name, step, avg, lr_at(step, cfg, steps), time.perf_counter() - t0)
         if evaluate and eval_every and ((step + 1) % eval_every == 0 or step + 1 == steps):
