@@ -12,7 +12,14 @@ from PIL import Image
 from repro import tinyworld as tw
 from repro.tinyworld import pretraining
 from repro.tinyworld.scenes import COLOUR_NAMES, SHAPES
-from repro.tinyworld.train import Pixels, TrainConfig, build_model, build_tokenizer, load_trained, train
+from repro.tinyworld.train import (
+    Pixels,
+    TrainConfig,
+    build_model,
+    build_tokenizer,
+    load_trained,
+    train,
+)
 
 
 def test_scenes_are_deterministic_and_labels_match_the_captions():
@@ -64,7 +71,13 @@ def test_three_stage_run_writes_a_loadable_checkpoint(tmp_path):
 
 
 def test_scene_questions_are_separate_rows_supervised_only_on_answers():
-    from repro.tinyworld.train import IGNORE, Batcher, caption_rows, encode_rows, tokenizer_corpus
+    from repro.tinyworld.train import (
+        IGNORE,
+        Batcher,
+        caption_rows,
+        encode_rows,
+        tokenizer_corpus,
+    )
 
     scenes = pretraining.scenes(1, 6, chart_fraction=0.3)
     rows = caption_rows(scenes)

@@ -8,7 +8,10 @@ projector, Llama decoder) with 168 px images in 14 px patches: 144 visual tokens
 the methods. The tokenizer is a byte-level BPE trained in-process on the tiny world's training
 prompts, so prompts are short and answers are a few tokens followed by EOS.
 
-Training data are the train splits of every tiny task. Prompts are built exactly as lmms-eval
+Three stages (see `pretraining.py` for why): (1) the vision tower alone learns dense per-patch
+shape / colour / glyph labels of generated scenes; (2) the whole model captions those scenes and
+answers questions about them; (3) the train splits of every tiny task, with a share of stage-2
+rows mixed in. Task prompts are built exactly as lmms-eval
 builds them at evaluation time: the task's own `doc_to_text` (with its pre/post prompts), then the
 llava-hf chat template with the images first (what `Adapter.prepare` sends). The loss is on the
 answer tokens and EOS only. Everything is seeded (BPE corpus order, initialisation, data order);
