@@ -89,7 +89,8 @@ def test_cli_analyze_transfer_writes_csv_and_png(tmp_path):
     assert code == 0
     csv = (tmp_path / "dop-transfer-tiny-llava-1.5-to-tiny-llava-1.5-deep.csv").read_text().splitlines()
     assert csv[0].startswith("source,target,budget,policy_kind") and len(csv) == 3
-    assert (tmp_path / "dop-transfer-tiny-llava-1.5-to-tiny-llava-1.5-deep.png").stat().st_size > 0
+    for suffix in (".png", ".pdf"):
+        assert (tmp_path / f"dop-transfer-tiny-llava-1.5-to-tiny-llava-1.5-deep{suffix}").stat().st_size > 0
     with contextlib.redirect_stderr(io.StringIO()) as err:
         assert main(["analyze", "dop-transfer", "--model", "tiny-llava-1.5"]) == 2
     assert "--target-model" in err.getvalue()

@@ -1,4 +1,5 @@
-"""Figures from the store: Rel. Avg vs realized TFLOPs per model, one line per method (PNG + PDF)."""
+"""Figures (PNG + PDF): Rel. Avg vs realized TFLOPs per model from the store, and the shared
+saving helper the DOP analyses use."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 from repro.report.main_table import Row
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -18,16 +19,19 @@ def _pyplot():
 
 
 def save(fig, path_stem: Path) -> list[Path]:
-    """`<stem>.png` and `<stem>.pdf`; PDFs carry no creation date so reruns give the same bytes."""
+    """`<stem>.png` and `<stem>.pdf`, then close the figure; PDFs carry no creation date so reruns
+    give the same bytes. Every figure of the harness goes through here."""
+    path_stem.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    png, pdf = path_stem.with_suffix(".png"), path_stem.with_suffix(".pdf")
+    png, pdf = path_stem.with_name(path_stem.name + ".png"), path_stem.with_name(path_stem.name + ".pdf")
     fig.savefig(png, dpi=120, metadata={"Software": None})
     fig.savefig(pdf, metadata={"CreationDate": None, "Producer": None, "Creator": None})
+    pyplot().close(fig)
     return [png, pdf]
 
 
 def rel_avg_vs_tflops(rows: list[Row], out_dir: Path | str, name: str) -> list[Path]:
-    plt = _pyplot()
+    plt = pyplot()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -49,5 +53,4 @@ def rel_avg_vs_tflops(rows: list[Row], out_dir: Path | str, name: str) -> list[P
         else:
             ax.text(0.5, 0.5, "no Rel. Avg (unpruned scores are all 0)", ha="center", transform=ax.transAxes)
         paths += save(fig, out / f"{name}-{model}")
-        plt.close(fig)
     return paths

@@ -10,9 +10,16 @@ import numpy as np
 
 from repro.errors import ReproError
 from repro.methods.dop import grouped
-from repro.methods.dop.outputs import pyplot, save_png, write_csv
+from repro.methods.dop.outputs import write_csv
 from repro.methods.dop.policy import Policy, flops_grid, mlp_depth_bound
-from repro.methods.dop.search import SampleRunner, SearchOptions, additive_estimate, interpolate, policy_flops
+from repro.methods.dop.search import (
+    SampleRunner,
+    SearchOptions,
+    additive_estimate,
+    interpolate,
+    policy_flops,
+)
+from repro.report.figures import pyplot, save
 
 
 def is_grouped(artifact: dict) -> bool:
@@ -97,7 +104,7 @@ def write_proxy_analysis(result: dict, out_dir: Path | str, name: str) -> list[P
     ax.set_xlabel("additive estimate D̂")
     ax.set_ylabel("measured joint KL")
     ax.set_title(f"Spearman ρ = {result['spearman_rho']:.3f} (p = {result['p_value']:.1e})")
-    return [table, save_png(plt, fig, out / f"{name}.png")]
+    return [table, *save(fig, out / name)]
 
 
 def write_curves(artifact: dict, out_dir: Path | str, name: str) -> list[Path]:
@@ -118,5 +125,5 @@ def write_curves(artifact: dict, out_dir: Path | str, name: str) -> list[Path]:
         ax.set_xlabel(parameter)
         ax.set_ylabel("KL to unpruned")
     fig.suptitle(f"{artifact['model']}: single-parameter divergence curves")
-    return [table, save_png(plt, fig, out / f"{name}.png")]
+    return [table, *save(fig, out / name)]
 

@@ -1,4 +1,4 @@
-"""Files the DOP analyses write: CSV tables and PNG figures (matplotlib, Agg backend)."""
+"""CSV tables the DOP analyses write (figures go through `repro.report.figures.save`)."""
 
 from __future__ import annotations
 
@@ -13,21 +13,4 @@ def write_csv(rows: list[dict], path: Path) -> Path:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    return path
-
-
-def pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save_png(plt, fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path

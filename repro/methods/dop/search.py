@@ -23,9 +23,9 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import torch
@@ -33,11 +33,17 @@ from tqdm import tqdm
 
 from repro import flops
 from repro.budget import Budget, as_budget
-from repro.engine import Prefix, Schedule
+from repro.engine import Prefix
 from repro.errors import ReproError
 from repro.methods.dop import grouped
-from repro.methods.dop.policy import (MHA_SEMANTICS, Policy, effective_mlp_depth, flops_grid, mlp_depth_bound,
-                                      policy_schedule)
+from repro.methods.dop.policy import (
+    MHA_SEMANTICS,
+    Policy,
+    effective_mlp_depth,
+    flops_grid,
+    mlp_depth_bound,
+    policy_schedule,
+)
 from repro.methods.registry import method as build_method
 
 log = logging.getLogger(__name__)

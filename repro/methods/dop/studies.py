@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from repro.errors import ReproError
-from repro.methods.dop.outputs import pyplot, save_png, write_csv
+from repro.methods.dop.outputs import write_csv
 from repro.methods.dop.policy import Policy
 from repro.methods.dop.search import SampleRunner, SearchOptions, policy_flops, search
+from repro.report.figures import pyplot, save
 
 
 class HeldOut:
@@ -101,7 +102,7 @@ def write_samples_study(rows: list[dict], out_dir: Path | str, name: str) -> lis
     right.set_ylabel("held-out KL of the chosen policy")
     right.legend(fontsize=8)
     fig.suptitle(f"{rows[0]['model']}: DOP search vs calibration size")
-    return [table, save_png(plt, fig, out / f"{name}.png")]
+    return [table, *save(fig, out / name)]
 
 
 def write_transfer_study(rows: list[dict], out_dir: Path | str, name: str) -> list[Path]:
@@ -118,4 +119,4 @@ def write_transfer_study(rows: list[dict], out_dir: Path | str, name: str) -> li
     ax.set_ylabel(f"held-out KL on {rows[0]['target']}")
     ax.set_title(f"policy from {rows[0]['source']} vs searched on {rows[0]['target']}")
     ax.legend(fontsize=8)
-    return [table, save_png(plt, fig, out / f"{name}.png")]
+    return [table, *save(fig, out / name)]
