@@ -384,7 +384,8 @@ def _run_search_study(args: argparse.Namespace) -> list:
                                      progress=True)
         for row in rows:
             print(f"{row['samples']:>4} samples  {row['seconds']:8.2f} s  {row['budget']}: held-out KL "
-                  f"{row['heldout_kl']:.4g} (predicted {row['predicted_kl']:.4g})")
+                  f"{row['heldout_kl']:.4g} (predicted {row['predicted_kl']:.4g}); reducer alone "
+                  f"({row['reducer_alone_n_visual']} tokens) {row['reducer_alone_kl']:.4g}")
         return studies.write_samples_study(rows, args.out, f"dop-samples-{model.name}")
     target = repro.load(args.target_model)
     samples = calibration_samples(args.calibration, args.samples + args.heldout)

@@ -14,6 +14,7 @@ from repro.calibration import Sample
 from repro.cli import main
 from repro.methods.dop import Policy, SearchOptions, search
 from repro.methods.dop import studies
+from repro.methods.dop.search import policy_flops
 
 from conftest import make_image
 
@@ -58,6 +59,14 @@ def test_samples_study_times_each_search_and_scores_the_chosen_policy_on_held_ou
         policy = Policy.from_dict(json.loads(row["policy"]))
         assert row["heldout_kl"] > 0
         assert row["heldout_kl"] == pytest.approx(true_kl(model, policy, pool[4:], options), rel=1e-4, abs=1e-7)
+    L = model.card.layers
+    for row in rows:  # the reducer alone: every layer, the most tokens within DOP's FLOPs ratio
+        assert row["reducer_alone_ratio"] <= row["ratio"] + 1e-9
+        alone = Policy.single(row["reducer_alone_n_visual"], L, L)
+        assert row["reducer_alone_kl"] == pytest.approx(true_kl(model, alone, pool[4:], options), rel=1e-4, abs=1e-7)
+    for row in rows[:2]:  # ... and one token more would not fit (`again` is the 2-sample search)
+        cost, unpruned = policy_flops(again, model.card, Policy.single(row["reducer_alone_n_visual"] + 1, L, L))
+        assert cost > row["ratio"] * unpruned
 
 
 def test_transfer_rescales_the_source_policy_and_compares_with_the_direct_search(tiny_models, deep):

@@ -52,10 +52,19 @@ class Scene:
     labels: dict[str, torch.Tensor]  # head -> (SIDE * SIDE,) long
     caption: str
     turns: list[tuple[str, str]] = field(default_factory=list)  # follow-up (question, answer) turns
+    evidence: list[list[tuple[int, int, int, int]]] = field(default_factory=list)  # per turn: boxes its answer reads
 
 
 CENTRES = [(c * PATCH_SIZE + PATCH_SIZE // 2, r * PATCH_SIZE + PATCH_SIZE // 2) for r in range(SIDE) for c in range(SIDE)]
 """Pixel centre of each patch, row-major: a patch takes the label of what covers its centre."""
+
+
+def evidence_patches(boxes, scale: float = 1.0) -> list[int]:
+    """Patches (row-major) whose centre lies in one of the pixel `boxes` (`scale`: model pixels
+    per image pixel), or [] when the boxes cover nothing or at least 90% of the image (no hint)."""
+    hit = {i for b in boxes for i, (cx, cy) in enumerate(CENTRES)
+           if b[0] * scale <= cx < b[2] * scale and b[1] * scale <= cy < b[3] * scale}
+    return sorted(hit) if len(hit) < 0.9 * len(CENTRES) else []
 
 
 def _mark(labels: torch.Tensor, box, value: int) -> None:
@@ -101,10 +110,11 @@ def object_scene(rng: random.Random) -> Scene:
         _mark_text(labels["char"], s.text, (x0 + (x1 - x0 - tw) // 2, y0 + (y1 - y0 - th) // 2 + 1))
         parts.append((s.row, s.col, f"{s.colour} sign {s.text.lower()}"))
     caption = "; ".join(f"{ROW_NAMES[r]} {COL_NAMES[c]}: {what}" for r, c, what in sorted(parts))
-    turns = [(qa.question, qa.answer) for qa in _object_questions(rng, objs)]
-    turns += [(f"What word is on the {s.colour} sign?", s.text.lower()) for s in signs]
+    turns = [(qa.question, qa.answer, [tuple(b) for b in qa.evidence]) for qa in _object_questions(rng, objs)]
+    turns += [(f"What word is on the {s.colour} sign?", s.text.lower(), [s.box]) for s in signs]
     rng.shuffle(turns)
-    return Scene(image, labels, caption, turns[:TURNS])
+    turns = turns[:TURNS]
+    return Scene(image, labels, caption, [t[:2] for t in turns], [t[2] for t in turns])
 
 
 def chart_scene(rng: random.Random) -> Scene:
@@ -121,10 +131,13 @@ def chart_scene(rng: random.Random) -> Scene:
         _mark_text(labels["char"], b.label, (cx - text_size(b.label)[0] // 2, base + 2))
     caption = "bars: " + ", ".join(f"{b.label.lower()} {b.value} {b.colour}" for b in bars)
     top = max(bars, key=lambda b: b.value)
-    turns = [(f"What is the value of bar {b.label}?", str(b.value)) for b in rng.sample(bars, min(3, len(bars)))]
+    asked = rng.sample(bars, min(3, len(bars)))
+    turns = [(f"What is the value of bar {b.label}?", str(b.value)) for b in asked]
+    evidence = [[b.box] for b in asked]
     if sum(b.value == top.value for b in bars) == 1:
         turns.append(("Which bar has the highest value?", top.label))
-    return Scene(image, labels, caption, turns)
+        evidence.append([b.box for b in bars])
+    return Scene(image, labels, caption, turns, evidence)
 
 
 TURNS = 6

@@ -9,9 +9,11 @@ the methods. The tokenizer is a byte-level BPE trained in-process on the tiny wo
 prompts, so prompts are short and answers are a few tokens followed by EOS.
 
 Three stages (see `pretraining.py` for why): (1) the vision tower alone learns dense per-patch
-shape / colour / glyph labels of generated scenes; (2) the whole model captions those scenes and
-answers questions about them; (3) the train splits of every tiny task, with a share of stage-2
-rows mixed in. Task prompts are built exactly as lmms-eval
+shape / colour / glyph labels of generated scenes, then stays frozen as LLaVA's CLIP does; (2) the
+projector and decoder caption those scenes and answer questions about them; (3) the train splits
+of every tiny task, with a share of stage-2 rows mixed in. In stages 2 and 3 an auxiliary
+`hint_loss` tells the decoder where each answer's evidence is (the rows' evidence boxes): from
+scratch the answer loss alone did not teach it to find the object a question names. Task prompts are built exactly as lmms-eval
 builds them at evaluation time: the task's own `doc_to_text` (with its pre/post prompts), then the
 llava-hf chat template with the images first (what `Adapter.prepare` sends). The loss is on the
 answer tokens and EOS only. Everything is seeded (BPE corpus order, initialisation, data order);
@@ -26,6 +28,7 @@ decoding returns the answer. The benchmark accuracies come from lmms-eval (`repr
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import math
@@ -58,8 +61,8 @@ class TrainConfig:
     scenes: int = 6000  # generated pretraining scenes (pretraining.py), stages 1 and 2
     vision_steps: int = 500  # stage 1: vision tower + per-patch heads on the scenes
     vision_batch: int = 32
-    caption_steps: int = 900  # stage 2: the whole model captions the scenes and answers questions on them
-    steps: int = 1200  # stage 3: the task train splits (plus `caption_mix` caption rows)
+    caption_steps: int = 1500  # stage 2: the whole model captions the scenes and answers questions on them
+    steps: int = 2500  # stage 3: the task train splits (plus `caption_mix` caption rows)
     caption_mix: float = 0.2  # fraction of stage-3 rows that are captions (keeps the reading skills)
     batch_size: int = 16
     lr: float = 1e-3
@@ -81,6 +84,8 @@ class TrainConfig:
     train_rows: int = 0  # rows per task (0: the whole train split)
     task_weights: dict[str, float] = field(default_factory=dict)  # sampling weight per task key (default 1)
     save_dtype: str = "float16"
+    freeze_vision: bool = True  # after stage 1 the tower stays fixed, as LLaVA's CLIP does
+    attention_hint: float = 5.0  # weight of `hint_loss` in stages 2 and 3 (0: answer loss only)
 
 
 # ------------------------------------------------------------------ prompts and tokenizer
@@ -113,6 +118,7 @@ class Row:
     prompt: str  # full chat prompt
     answer: str
     turns: list[tuple[str, str]] = field(default_factory=list)  # further (question, answer) chat turns
+    evidence: list[list[int]] = field(default_factory=list)  # per answer (first, then turns): patches it reads
 
 
 CAPTION = "caption"
@@ -120,7 +126,10 @@ CAPTION = "caption"
 
 def split_rows(data_dir: Path, tasks: dict[str, Any], split: str, cap: int = 0) -> tuple[list[Row], dict[str, Any]]:
     """Every row of `split` (at most `cap` per task) with its prompt, and the datasets by task."""
+    import PIL.Image
+
     from . import load_split
+    from .pretraining import evidence_patches
 
     rows, datasets = [], {}
     for key, task in tasks.items():
@@ -130,22 +139,29 @@ def split_rows(data_dir: Path, tasks: dict[str, Any], split: str, cap: int = 0) 
         datasets[key] = ds
         images = ds.data.column("image").to_pylist()
         for i, doc in enumerate(ds.remove_columns(["image"])):
-            n_images = len(images[i]) if isinstance(images[i], list) else 1
-            rows.append(Row(key, i, n_images, chat_prompt(n_images, task.doc_to_text(doc)), str(doc["target_text"])))
+            stored = images[i] if isinstance(images[i], list) else [images[i]]
+            n_images = len(stored)
+            evidence = []
+            if n_images == 1:
+                width = PIL.Image.open(io.BytesIO(stored[0]["bytes"])).size[0]
+                evidence = [evidence_patches(doc["evidence"], IMAGE_SIZE / width)]
+            rows.append(Row(key, i, n_images, chat_prompt(n_images, task.doc_to_text(doc)), str(doc["target_text"]),
+                            evidence=evidence))
     return rows, datasets
 
 
 def caption_rows(scenes: list) -> list[Row]:
     """Two rows per generated scene: its caption, and its questions as chat turns (separate, so the
     answers must come from the image and not from the caption in context)."""
-    from .pretraining import CAPTION_PROMPT
+    from .pretraining import CAPTION_PROMPT, evidence_patches
 
     rows = []
     for i, s in enumerate(scenes):
         rows.append(Row(CAPTION, i, 1, chat_prompt(1, CAPTION_PROMPT), s.caption))
         if s.turns:
             (question, answer), *rest = s.turns
-            rows.append(Row(CAPTION, i, 1, chat_prompt(1, question), answer, rest))
+            rows.append(Row(CAPTION, i, 1, chat_prompt(1, question), answer, rest,
+                            [evidence_patches(boxes) for boxes in s.evidence]))
     return rows
 
 
@@ -236,6 +252,7 @@ class Encoded:
     ids: list[int]  # prompt (image placeholders expanded), answer, EOS, then any further turns
     n_prompt: int
     unsupervised: list[tuple[int, int]] = field(default_factory=list)  # [start, end) of later questions
+    hints: list[tuple[int, list[int]]] = field(default_factory=list)  # (position predicting an answer, its patches)
 
 
 def encode_rows(rows: list[Row], processor) -> list[Encoded]:
@@ -253,7 +270,9 @@ def encode_rows(rows: list[Row], processor) -> list[Encoded]:
             q = tok(f"USER: {question} ASSISTANT:", add_special_tokens=False)["input_ids"]
             skip.append((len(ids), len(ids) + len(q)))
             ids += q + tok(answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-        out.append(Encoded(r.task, r.index, ids, n_prompt, skip))
+        answer_at = [n_prompt - 1] + [end - 1 for _, end in skip]
+        hints = [(pos, patches) for pos, patches in zip(answer_at, r.evidence) if patches]
+        out.append(Encoded(r.task, r.index, ids, n_prompt, skip, hints))
     return out
 
 
@@ -303,6 +322,40 @@ class Batcher:
             mask[i, :n] = 1
         pixels = self.pixels([(e.task, e.index) for e in items])
         return {"input_ids": ids, "attention_mask": mask, "labels": labels, "pixel_values": pixels}
+
+    @staticmethod
+    def hints(items: list[Encoded], image_token_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(row, query position, key positions of the 144 visual tokens, evidence mask) of every hint."""
+        rows, pos, keys, masks = [], [], [], []
+        for i, e in enumerate(items):
+            if not e.hints:
+                continue
+            first = e.ids.index(image_token_id)
+            for p, patches in e.hints:
+                rows.append(i)
+                pos.append(p)
+                keys.append(torch.arange(first, first + N_VISUAL))
+                m = torch.zeros(N_VISUAL, dtype=torch.bool)
+                m[patches] = True
+                masks.append(m)
+        if not rows:
+            return None
+        return torch.tensor(rows), torch.tensor(pos), torch.stack(keys), torch.stack(masks)
+
+
+def hint_loss(attentions: tuple[torch.Tensor, ...], hints) -> torch.Tensor:
+    """Mean over hints and decoder layers after the first of -log(share of the head-mean visual
+    attention that lands on the answer's evidence patches), from the position predicting the answer.
+    Why: from scratch, the answer loss alone did not teach the decoder to look up the object a
+    question names (teacher-forced accuracy stayed at chance, measured); this tells it where."""
+    rows, pos, keys, mask = hints
+    losses = []
+    for att in attentions[1:] or attentions:  # the first layer cannot know the question's object yet
+        a = att[rows, :, pos].float().mean(1)  # (n, T)
+        visual = a.gather(1, keys)
+        share = (visual * mask).sum(1) / visual.sum(1).clamp_min(1e-9)
+        losses.append(-share.clamp_min(1e-6).log())
+    return torch.stack(losses).mean()
 
 
 class PatchHeads(torch.nn.Module):
@@ -381,6 +434,8 @@ def _order(encoded: list[Encoded], cfg: TrainConfig, rng: random.Random) -> list
 def _param_groups(model, cfg: TrainConfig):
     decay, no_decay = [], []
     for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
         (no_decay if p.ndim < 2 or "norm" in name or "embedding" in name else decay).append(p)
     return [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
@@ -417,15 +472,21 @@ def fit(model, next_batch, steps: int, batcher: Batcher, cfg: TrainConfig, dev: 
         evaluate=None, eval_every: int = 0) -> list[dict]:
     """Stages 2 and 3: AdamW on the answer loss over `steps` batches from `next_batch()`, with its
     own warm-up and cosine schedule; `evaluate()` every `eval_every` steps. Returns the history."""
-    groups = _param_groups(model, cfg)
+    groups = _param_groups(model, cfg)  # trainable parameters only
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-8)
     history, t0, avg = [], time.perf_counter(), None
+    image_token_id = model.config.image_token_id
     for step in range(steps):
-        batch = {k: v.to(dev) for k, v in batcher(next_batch()).items()}
+        items = next_batch()
+        batch = {k: v.to(dev) for k, v in batcher(items).items()}
+        hints = Batcher.hints(items, image_token_id) if cfg.attention_hint else None
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg, steps)
         with autocast(dev, cfg.precision):
-            loss = model(**batch).loss
+            out = model(**batch, output_attentions=hints is not None)
+            loss = out.loss
+            if hints is not None:
+                loss = loss + cfg.attention_hint * hint_loss(out.attentions, [h.to(dev) for h in hints])
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.grad_clip)
         opt.step()
@@ -477,6 +538,8 @@ def train(cfg: TrainConfig, out: Path, *, data_dir: Path, device: str = "cpu", t
     captions = caption_rows(scenes)
     tok = build_tokenizer(tokenizer_corpus(train_rows + captions), cfg.vocab_size)
     model, processor = build_model(cfg, tok)
+    if cfg.attention_hint:
+        model.set_attn_implementation({"text_config": "eager"})  # hint_loss reads attention weights (not saved)
     _check_prompt_encoding(processor, tasks, train_ds, train_rows)
     train_enc, val_enc, cap_enc = (encode_rows(r, processor) for r in (train_rows, val_rows, captions))
     n_params = sum(p.numel() for p in model.parameters())
@@ -507,6 +570,8 @@ def train(cfg: TrainConfig, out: Path, *, data_dir: Path, device: str = "cpu", t
     if cfg.vision_steps:
         heads = PatchHeads(cfg.vision_hidden).to(dev)
         history["vision"] = train_vision(model, heads, scenes, train_batcher.pixels, cfg, rng, dev)
+    if cfg.freeze_vision:
+        model.model.vision_tower.requires_grad_(False)
     if cfg.caption_steps:
         history["caption"] = fit(model, _batches(cap_enc, cfg.batch_size, rng).__next__, cfg.caption_steps,
                                  train_batcher, cfg, dev, "caption", evaluate, eval_every)
@@ -611,6 +676,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         if f.name == "task_weights":
             p.add_argument(flag, default=None, help="JSON object: sampling weight per task key")
+        elif isinstance(f.default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
         else:
             p.add_argument(flag, type=type(f.default), default=f.default)
 

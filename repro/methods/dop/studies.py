@@ -45,6 +45,18 @@ def split_samples(samples: list, n_calibration: int, n_heldout: int) -> tuple[li
     return samples[:n_calibration], samples[n_calibration:n_calibration + n_heldout]
 
 
+def reducer_alone(artifact: dict, card, ratio: float) -> Policy:
+    """The reducer by itself at DOP's compute: every operation in every layer, with the most visual
+    tokens whose FLOPs ratio stays within `ratio` (the baseline DOP must beat at equal TFLOPs)."""
+    n_groups = len(artifact.get("groups") or [None])
+    full = ((card.layers, card.layers),) * n_groups
+    for n in range(artifact["shape"]["n_visual_max"], -1, -1):
+        cost, unpruned = policy_flops(artifact, card, Policy(n, full))
+        if cost <= ratio * unpruned * (1 + 1e-9):
+            return Policy(n, full)
+    raise ReproError(f"the reducer alone cannot meet a FLOPs ratio of {ratio:.3g}")
+
+
 def samples_study(model, samples: list, counts: list[int], n_heldout: int, budgets: list[str],
                   options: SearchOptions, *, source: str = "", progress: bool = False) -> list[dict]:
     """One search per calibration count (on the first `count` samples); rows per count and budget."""
@@ -55,11 +67,15 @@ def samples_study(model, samples: list, counts: list[int], n_heldout: int, budge
     for count in counts:
         artifact = search(model, pool[:count], budgets, options, source=source, progress=progress)
         for chosen in artifact["budgets"]:
+            alone = reducer_alone(artifact, model.card, chosen["ratio"])
+            alone_cost, unpruned = policy_flops(artifact, model.card, alone)
             rows.append({"model": model.name, "samples": count, "seconds": artifact["seconds"],
                          "forward_passes": artifact["forward_passes"], "budget": chosen["budget"],
                          "policy": json.dumps(chosen["policy"]), "predicted_kl": chosen["predicted_divergence"],
                          "ratio": chosen["ratio"], "heldout_kl": truth.divergence(Policy.from_dict(chosen["policy"])),
-                         "heldout_samples": len(heldout)})
+                         "reducer_alone_n_visual": alone.n_visual,
+                         "reducer_alone_ratio": alone_cost / unpruned,
+                         "reducer_alone_kl": truth.divergence(alone), "heldout_samples": len(heldout)})
     return rows
 
 
