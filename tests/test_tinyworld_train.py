@@ -4,6 +4,7 @@ a few-step run of all three stages that writes a checkpoint loadable with from_p
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -13,10 +14,13 @@ from repro import tinyworld as tw
 from repro.tinyworld import pretraining
 from repro.tinyworld.scenes import COLOUR_NAMES, SHAPES
 from repro.tinyworld.train import (
+    Batcher,
+    Encoded,
     Pixels,
     TrainConfig,
     build_model,
     build_tokenizer,
+    hint_loss,
     load_trained,
     train,
 )
@@ -91,3 +95,33 @@ def test_scene_questions_are_separate_rows_supervised_only_on_answers():
     labels = Batcher(proc, Pixels(proc, lambda t, i: [scenes[i].image]))([enc])["labels"][0]
     supervised = tok.decode([t for t, lab in zip(enc.ids, labels.tolist()) if lab != IGNORE])
     assert supervised == "</s>".join([row.answer] + [a for _, a in row.turns]) + "</s>"
+
+
+def test_hint_loss_is_the_evidence_share_of_visual_attention():
+    image = 7
+    items = [Encoded("t", 0, [1, 2] + [image] * 144 + [3, 4, 5], 149, hints=[(148, [0, 1, 2, 3])])]
+    rows, pos, keys, mask = hints = Batcher.hints(items, image)
+    assert rows.tolist() == [0] and pos.tolist() == [148] and keys[0, 0] == 2 and int(mask.sum()) == 4
+    att = torch.zeros(1, 2, 149, 149)
+    att[0, :, 148, 2:146] = 0.5 / 144  # half on text, the visual half uniform
+    att[0, :, 148, 146:] = 0.5 / 3
+    layers = (torch.zeros_like(att), att, att)  # the first layer is not hinted
+    assert float(hint_loss(layers, hints)) == pytest.approx(-math.log(4 / 144), rel=1e-5)
+    att[0, 0, 148, 2:146] = 0
+    att[0, 0, 148, 2:6] = 0.125  # head 0 all on the evidence: head mean share (0.5 + 4/144 * 0.5) / 1
+    assert float(hint_loss(layers, hints)) == pytest.approx(-math.log((0.5 + 0.5 * 4 / 144) / 1.0), rel=1e-5)
+    assert Batcher.hints([Encoded("t", 0, [1, image], 2)], image) is None
+
+
+def test_frozen_tower_is_saved_as_initialised_when_it_has_no_stage_1(tmp_path):
+    data = tmp_path / "data"
+    tw.build(data, seed=0, sizes=tw.SplitSizes(train=4, validation=2, test=2))
+    cfg = TrainConfig(scenes=16, vision_steps=0, caption_steps=2, steps=2, batch_size=4, vision_layers=1,
+                      text_layers=2, vocab_size=600, freeze_vision=True, attention_hint=1.0)
+    train(cfg, tmp_path / "ckpt", data_dir=data, threads=1, eval_every=0, eval_rows=1)
+    saved, proc = load_trained(tmp_path / "ckpt")
+    fresh, _ = build_model(cfg, proc.tokenizer)
+    for (name, a), b in zip(saved.model.vision_tower.state_dict().items(), fresh.model.vision_tower.state_dict().values()):
+        torch.testing.assert_close(a, b.half().float(), msg=name)
+    assert not torch.equal(saved.model.multi_modal_projector.linear_1.weight,
+                           fresh.model.multi_modal_projector.linear_1.weight.half().float())
