@@ -133,8 +133,6 @@ def test_lmms_eval_cli(suite, tmp_path):
     assert "prompt_sha256" in line["token_counts"][0]["repro"]
 
 
-@pytest.mark.xfail(strict=True, reason="the shipped tinyworld-llava is a 30-step smoke checkpoint: training to the "
-                   "issue-4 targets is unfinished; strict, so a trained checkpoint turns this into a failure to remove")
 def test_trained_model_is_above_chance_on_the_suite(suite):
     res = evaluate("model=tinyworld-llava", ALL_TINY, data_dir=suite, limit=LIMIT, output_dir=suite.parent / "out2")
     metrics = main_metrics(res)

@@ -107,31 +107,45 @@ def val_rows(tmp_path_factory):
     return rows
 
 
-@pytest.mark.xfail(strict=True, reason="the shipped tinyworld-llava is a 30-step smoke checkpoint: training to the "
-                   "issue-4 targets is unfinished; strict, so a trained checkpoint turns this into a failure to remove")
-def test_accuracy_falls_when_random_visual_tokens_are_dropped(model, val_rows):
+BELOW_TARGET = ("the shipped tinyworld-llava answers 0.67 of these rows greedily (issue-4 target 0.7; "
+                "repro/tinyworld/README.md); strict, so a checkpoint at the target turns this into a failure to remove")
+
+
+@pytest.fixture(scope="module")
+def greedy_accuracy(model, val_rows):
+    """Exact-match accuracy of greedy answers with all visual tokens and with a random tenth."""
     def accuracy(keep: float) -> float:
         method = repro.method("random", keep=keep, seed=0) if keep < 1 else None
         hits = [model.generate(images, text, method=method, max_new_tokens=4).text.strip().lower() == answer.lower()
                 for images, text, answer in val_rows]
         return sum(hits) / len(hits)
 
-    full, tenth = accuracy(1.0), accuracy(0.1)
-    assert full >= 0.7, full
-    assert tenth <= full - 0.1, (full, tenth)
+    return {"full": accuracy(1.0), "tenth": accuracy(0.1)}
 
 
-UNTRAINED = ("the shipped tinyworld-llava is not trained to the issue-4 targets yet (answers near chance do not "
-             "depend on which tokens are kept); strict, so a trained checkpoint turns this into a failure to remove")
+def test_accuracy_falls_when_random_visual_tokens_are_dropped(greedy_accuracy):
+    assert greedy_accuracy["tenth"] <= greedy_accuracy["full"] - 0.1, greedy_accuracy
 
 
-@pytest.mark.parametrize("name", ["fastv", pytest.param("vispruner", marks=pytest.mark.xfail(strict=True, reason=UNTRAINED))])
+@pytest.mark.xfail(strict=True, reason=BELOW_TARGET)
+def test_greedy_accuracy_meets_the_target(greedy_accuracy):
+    assert greedy_accuracy["full"] >= 0.7, greedy_accuracy
+
+
+FASTV_UNRANKED = ("measured on the shipped tinyworld-llava: FastV's layer-1 attention ranking (k=2) does not beat "
+                  "its inverse significantly (mean KL 0.052 vs 0.066, one-sided Wilcoxon p = 0.53 over 48 samples; "
+                  "repro/tinyworld/README.md); strict, so a model on which it does turns this into a failure to remove")
+
+
+@pytest.mark.parametrize("name", [pytest.param("fastv", marks=pytest.mark.xfail(strict=True, reason=FASTV_UNRANKED)),
+                                  "vispruner"])
 def test_inverse_check_on_the_trained_model(model, val_rows, name):
     """Keeping a method's lowest-scored quarter of the visual tokens hurts more than keeping its
-    best quarter (catches inverted sorts; needs a model whose answers depend on the image)."""
+    best quarter, significantly over the samples (catches inverted sorts; needs a model whose
+    answers depend on the image)."""
     from repro.methods.sanity import inverse_check
 
     samples = [(images, text) for images, text, _ in val_rows[::2]]
     check = inverse_check(model, name, "tokens:36", samples)
     assert check.passed, check
-    assert check.kl_inverse > 1.5 * check.kl_method, check
+    assert check.p_value < 0.01, check

@@ -1,7 +1,9 @@
 """The inverse check: keeping a method's lowest-scored tokens must hurt more than keeping its best.
 
 It catches inverted sorts (a published port of FitPrune keeps the lowest scores). Divergence is
-the KL from the unpruned model's first-token distribution, averaged over samples, at one budget.
+the KL from the unpruned model's first-token distribution, per sample, at one budget; the check
+compares the means and says how significant the per-sample difference is (a paired test: the
+same samples go through both variants, so their difficulty cancels).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ class InverseCheck:
     budget: str
     kl_method: float  # mean KL(unpruned ‖ method)
     kl_inverse: float  # mean KL(unpruned ‖ method with inverse=True)
+    p_value: float  # one-sided Wilcoxon signed-rank test of "inverse KL > method KL", paired by sample
 
     @property
     def passed(self) -> bool:
@@ -34,10 +37,13 @@ def kl_from(reference: torch.Tensor, logprobs: torch.Tensor) -> float:
 
 def inverse_check(model, name: str, budget: str, samples: Iterable[tuple[Image.Image, str]], **options) -> InverseCheck:
     """Mean first-token KL to the unpruned model for `name` and for its `inverse=True` variant."""
+    from scipy.stats import wilcoxon
+
     best, worst = build(name, budget, **options), build(name, budget, inverse=True, **options)
     kl_best, kl_worst = [], []
     for image, question in samples:
         reference = model.generate(image, question, max_new_tokens=1).first_token_logprobs
         kl_best.append(kl_from(reference, model.generate(image, question, method=best, max_new_tokens=1).first_token_logprobs))
         kl_worst.append(kl_from(reference, model.generate(image, question, method=worst, max_new_tokens=1).first_token_logprobs))
-    return InverseCheck(name, budget, sum(kl_best) / len(kl_best), sum(kl_worst) / len(kl_worst))
+    p_value = float(wilcoxon(kl_worst, kl_best, alternative="greater").pvalue)
+    return InverseCheck(name, budget, sum(kl_best) / len(kl_best), sum(kl_worst) / len(kl_worst), p_value)
