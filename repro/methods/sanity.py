@@ -36,7 +36,8 @@ def kl_from(reference: torch.Tensor, logprobs: torch.Tensor) -> float:
 
 
 def inverse_check(model, name: str, budget: str, samples: Iterable[tuple[Image.Image, str]], **options) -> InverseCheck:
-    """Mean first-token KL to the unpruned model for `name` and for its `inverse=True` variant."""
+    """Mean first-token KL to the unpruned model for `name` and for its `inverse=True` variant, and
+    the p-value of the paired test that the inverse diverges more."""
     from scipy.stats import wilcoxon
 
     best, worst = build(name, budget, **options), build(name, budget, inverse=True, **options)
