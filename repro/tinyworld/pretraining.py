@@ -5,8 +5,8 @@ Why: a vision tower trained from scratch through the answer loss alone (one or t
 per image) learns shapes and glyphs very slowly: measured on 2 CPU threads, shape words stay at
 chance after 600 caption steps, while a linear head on per-patch shape labels reaches 89% patch
 accuracy in 600 vision-only steps. So training runs in the LLaVA order: the tower first learns
-what is in every patch (dense labels, cheap: no decoder), then the whole model learns to read the
-tower through captions (many supervised tokens per image), then the tasks.
+what is in every patch (dense labels, cheap: no decoder), then, with the tower frozen, projector
+and decoder learn to read it through captions (many supervised tokens per image), then the tasks.
 
 Patch labels (12 x 12 patches, the patch centre decides): `shape` (0 none, 1..5 SHAPES),
 `colour` (0 none, 1..6 COLOUR_NAMES; shapes, signs and bars), `char` (0 none, 1.. CHARS: the

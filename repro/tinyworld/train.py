@@ -9,14 +9,15 @@ the methods. The tokenizer is a byte-level BPE trained in-process on the tiny wo
 prompts, so prompts are short and answers are a few tokens followed by EOS.
 
 Three stages (see `pretraining.py` for why): (1) the vision tower alone learns dense per-patch
-shape / colour / glyph labels of generated scenes; (2) the whole model captions those scenes and
-answers questions about them; (3) the train splits of every tiny task, with a share of stage-2
-rows mixed in. Two options target the decoder's weak content lookup ("what colour is the
-cross?"): `--freeze-vision` keeps the stage-1 tower fixed, and `--attention-hint W` adds `hint_loss`,
-which pulls the attention of each answer onto its evidence boxes; neither beat the defaults in
-the measured runs (README). Task prompts are built exactly as lmms-eval builds them at evaluation
-time: the task's own `doc_to_text` (with its pre/post prompts), then the llava-hf chat template
-with the images first (what `Adapter.prepare` sends). The loss is on the
+shape / colour / glyph labels of generated scenes, then stays frozen as LLaVA's CLIP does
+(`--no-freeze-vision` trains it on); (2) the projector and decoder caption those scenes and
+answer questions about them; (3) the train splits of every tiny task, with a share of stage-2
+rows mixed in. Stages 2 and 3 run at batch 64: at batch 16 the decoder never learned the content
+lookup the questions need ("what colour is the cross?"; README). `--attention-hint W` adds
+`hint_loss`, which pulls the attention of each answer onto its evidence boxes; it is off by
+default (it moved the attention, not the answers). Task prompts are built exactly as lmms-eval
+builds them at evaluation time: the task's own `doc_to_text` (with its pre/post prompts), then the
+llava-hf chat template with the images first (what `Adapter.prepare` sends). The loss is on the
 answer tokens and EOS only. Everything is seeded (BPE corpus order, initialisation, data order);
 matmuls run under bf16 autocast (fast on CPUs with AMX/AVX512-BF16 and on GPUs) with fp32
 weights, and the weights are stored in fp16 (`save_dtype`).
