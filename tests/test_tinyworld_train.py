@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -43,33 +42,6 @@ def test_scenes_are_deterministic_and_labels_match_the_captions():
     for s in charts:  # every bar's value and letter is under some patch
         assert int((s.labels["char"] > 0).sum()) >= 2 * (s.caption.count(",") + 1)
         assert int((s.labels["shape"] > 0).sum()) == 0
-
-
-def test_lettered_turns_point_at_the_answer_in_the_tasks_format():
-    import random
-
-    from lmms_eval.tasks.scienceqa import utils  # noqa: F401  (the task whose post-prompt this mirrors)
-
-    from repro.tinyworld import questions as Q
-    from repro.tinyworld.scenes import random_objects
-
-    yaml = (Path(utils.__file__).parent / "scienceqa_img.yaml").read_text()
-    assert pretraining.LETTERED_INSTRUCTION in yaml
-    rng = random.Random(0)
-    for _ in range(50):
-        qa = Q.ask_colour(rng, random_objects(rng, 4))
-        if qa is None:
-            continue
-        prompt, letter = pretraining.as_lettered(rng, qa)
-        question, *options, instruction = prompt.split("\n")
-        assert question == qa.question and instruction == pretraining.LETTERED_INSTRUCTION
-        assert 2 <= len(options) <= 4 and len({o[3:] for o in options}) == len(options)
-        assert [o[:3] for o in options] == [f"{x}. " for x in "ABCD"[: len(options)]]
-        assert options["ABCD".index(letter)][3:] == qa.answer
-    every = [q for s in pretraining.scenes(5, 30, lettered=1.0) for q, _ in s.turns]
-    assert any(q.endswith(pretraining.LETTERED_INSTRUCTION) for q in every)
-    assert not any(q.startswith("Is there") and "\n" in q for q in every)  # yes/no stays plain
-    assert not any("\n" in q for s in pretraining.scenes(5, 30) for q, _ in s.turns)
 
 
 @pytest.fixture(scope="module")

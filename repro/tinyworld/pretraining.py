@@ -90,9 +90,8 @@ def _sign_text(rng: random.Random) -> str:
     return rng.choice(WORDS).upper() if rng.random() < 0.6 else str(rng.randint(0, 9999))
 
 
-def object_scene(rng: random.Random, lettered: float = 0.0) -> Scene:
-    """3-6 shapes and 0-2 signs in distinct cells; the caption lists them in reading order. A
-    `lettered` fraction of the questions with a closed answer set come as lettered choices."""
+def object_scene(rng: random.Random) -> Scene:
+    """3-6 shapes and 0-2 signs in distinct cells; the caption lists them in reading order."""
     cells = rng.sample(all_cells(), rng.randint(3, 7))
     n_signs = min(len(cells) - 2, rng.choice((0, 0, 1, 2)))
     objs = random_objects(rng, len(cells) - n_signs, cells=cells[n_signs:])
@@ -111,9 +110,7 @@ def object_scene(rng: random.Random, lettered: float = 0.0) -> Scene:
         _mark_text(labels["char"], s.text, (x0 + (x1 - x0 - tw) // 2, y0 + (y1 - y0 - th) // 2 + 1))
         parts.append((s.row, s.col, f"{s.colour} sign {s.text.lower()}"))
     caption = "; ".join(f"{ROW_NAMES[r]} {COL_NAMES[c]}: {what}" for r, c, what in sorted(parts))
-    turns = [(*(as_lettered(rng, qa) if qa.pool and "yes" not in qa.pool and rng.random() < lettered
-                else (qa.question, qa.answer)), [tuple(b) for b in qa.evidence])
-             for qa in _object_questions(rng, objs)]
+    turns = [(qa.question, qa.answer, [tuple(b) for b in qa.evidence]) for qa in _object_questions(rng, objs)]
     turns += [(f"What word is on the {s.colour} sign?", s.text.lower(), [s.box]) for s in signs]
     rng.shuffle(turns)
     turns = turns[:TURNS]
@@ -156,20 +153,7 @@ def _object_questions(rng: random.Random, objs: list) -> list:
     return [qa for qa in asked if qa is not None]
 
 
-LETTERED_INSTRUCTION = "Answer with the option's letter from the given choices directly."
-"""The instruction lmms-eval's lettered multiple-choice tasks (ScienceQA, SEED, AI2D, MMBench) end with."""
-
-
-def as_lettered(rng: random.Random, qa: Q.QA) -> tuple[str, str]:
-    """(question with 2-4 lettered options, answer letter): the letter lookup the multiple-choice
-    tasks need, taught on content the scene questions already teach (measured: without it the
-    lettered tasks stay at chance while their short-answer twins do not)."""
-    options, answer = Q.choices_for(rng, qa, rng.randint(2, min(4, len(qa.pool))))
-    listed = "\n".join(f"{letter}. {o}" for letter, o in zip("ABCD", options))
-    return f"{qa.question}\n{listed}\n{LETTERED_INSTRUCTION}", "ABCD"[answer]
-
-
-def scenes(seed: int, n: int, chart_fraction: float = 0.2, lettered: float = 0.0) -> list[Scene]:
-    """`n` scenes from one seeded stream (deterministic); `lettered`: see `object_scene`."""
+def scenes(seed: int, n: int, chart_fraction: float = 0.2) -> list[Scene]:
+    """`n` scenes from one seeded stream (deterministic)."""
     rng = random.Random(f"tinyworld-pretraining/{seed}")
-    return [chart_scene(rng) if rng.random() < chart_fraction else object_scene(rng, lettered) for _ in range(n)]
+    return [chart_scene(rng) if rng.random() < chart_fraction else object_scene(rng) for _ in range(n)]

@@ -64,8 +64,7 @@ class TrainConfig:
     vision_steps: int = 500  # stage 1: vision tower + per-patch heads on the scenes
     vision_batch: int = 32
     caption_steps: int = 1200  # stage 2: projector + decoder caption the scenes and answer questions on them
-    lettered_turns: float = 0.4  # fraction of closed-answer scene questions asked as lettered choices
-    steps: int = 900  # stage 3: the task train splits (plus `caption_mix` scene rows)
+    steps: int = 700  # stage 3: the task train splits (plus `caption_mix` scene rows)
     caption_mix: float = 0.2  # fraction of stage-3 rows that are scene rows (keeps the reading skills)
     batch_size: int = 64  # stages 2 and 3; at 16 the in-context lookup never formed (README)
     lr: float = 1e-3
@@ -435,15 +434,6 @@ def _order(encoded: list[Encoded], cfg: TrainConfig, rng: random.Random) -> list
     return order
 
 
-def _stage3_order(encoded: list[Encoded], n_scene_rows: int, cfg: TrainConfig, rng: random.Random) -> list[int]:
-    """One pass of `_order` plus scene rows (indices after `encoded`) making up `caption_mix` of it."""
-    order = _order(encoded, cfg, rng)
-    n = min(n_scene_rows, round(len(order) * cfg.caption_mix / (1 - cfg.caption_mix)))
-    order += [len(encoded) + i for i in rng.sample(range(n_scene_rows), n)]
-    rng.shuffle(order)
-    return order
-
-
 def _param_groups(model, cfg: TrainConfig):
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -519,19 +509,17 @@ def fit(model, next_batch, steps: int, batcher: Batcher, cfg: TrainConfig, dev: 
     return history
 
 
-def _batches(pool: list[Encoded], size: int, rng: random.Random, order=None, window: int = 16):
-    """Endless batches of `size` from `pool`, in passes of `order()` (default: shuffled). Each run
-    of `window` batches is sorted by length before it is cut, then its batches are shuffled: a batch
-    pads to its longest row, and unsorted that padding was 46% of the stage-2 tokens (measured)."""
+def _batches(pool: list[Encoded], size: int, rng: random.Random, order=None):
+    """Endless batches of `size` from `pool`, in passes of `order(pool)` (default: shuffled)."""
     queue: list[int] = []
     while True:
-        while len(queue) < size * window:
-            queue += order() if order else rng.sample(range(len(pool)), len(pool))
-        run, queue = sorted(queue[: size * window], key=lambda i: len(pool[i].ids)), queue[size * window:]
-        cuts = [run[k : k + size] for k in range(0, len(run), size)]
-        rng.shuffle(cuts)
-        for cut in cuts:
-            yield [pool[i] for i in cut]
+        if len(queue) < size:
+            if order is None:
+                queue += rng.sample(range(len(pool)), len(pool))
+            else:
+                queue += order()
+        idx, queue = queue[:size], queue[size:]
+        yield [pool[i] for i in idx]
 
 
 def train(cfg: TrainConfig, out: Path, *, data_dir: Path, device: str = "cpu", threads: int | None = None,
@@ -549,7 +537,7 @@ def train(cfg: TrainConfig, out: Path, *, data_dir: Path, device: str = "cpu", t
     tasks = task_objects(data_dir)
     train_rows, train_ds = split_rows(data_dir, tasks, "train", cfg.train_rows)
     val_rows, val_ds = split_rows(data_dir, tasks, "validation")
-    scenes = make_scenes(cfg.seed, cfg.scenes, lettered=cfg.lettered_turns)
+    scenes = make_scenes(cfg.seed, cfg.scenes)
     captions = caption_rows(scenes)
     tok = build_tokenizer(tokenizer_corpus(train_rows + captions), cfg.vocab_size)
     model, processor = build_model(cfg, tok)
@@ -590,9 +578,11 @@ def train(cfg: TrainConfig, out: Path, *, data_dir: Path, device: str = "cpu", t
     if cfg.caption_steps:
         history["caption"] = fit(model, _batches(cap_enc, cfg.batch_size, rng).__next__, cfg.caption_steps,
                                  train_batcher, cfg, dev, "caption", evaluate, eval_every)
-    pool = train_enc + cap_enc
-    task_batches = _batches(pool, cfg.batch_size, rng, order=lambda: _stage3_order(train_enc, len(cap_enc), cfg, rng))
-    history["tasks"] = fit(model, task_batches.__next__, cfg.steps, train_batcher, cfg, dev, "tasks", evaluate, eval_every)
+    n_caption = round(cfg.batch_size * cfg.caption_mix) if cap_enc else 0
+    task_batches = _batches(train_enc, cfg.batch_size - n_caption, rng, order=lambda: _order(train_enc, cfg, rng))
+    caption_batches = _batches(cap_enc, n_caption, rng) if n_caption else None
+    history["tasks"] = fit(model, lambda: next(task_batches) + (next(caption_batches) if caption_batches else []),
+                           cfg.steps, train_batcher, cfg, dev, "tasks", evaluate, eval_every)
     train_seconds = time.perf_counter() - t_train
 
     record = save(model, processor, out, cfg)
