@@ -70,8 +70,27 @@ def test_three_stage_run_writes_a_loadable_checkpoint(tmp_path):
     assert set(record["validation_teacher_forced"]) == {t.key for t in tw.TASKS}
     stored = json.loads((tmp_path / "ckpt" / "train_record.json").read_text())
     assert stored["config"]["caption_steps"] == 2
+    assert stored["config"]["compile"]  # the default: stages 2 and 3 ran compiled, with eager attention
     model, proc = load_trained(tmp_path / "ckpt")
     assert model.dtype == torch.float32 and proc.tokenizer.eos_token == "</s>"
+    assert model.config.text_config._attn_implementation != "eager"  # a training choice, not saved
+
+
+def test_compiled_step_computes_the_eager_models_loss(processor):
+    """What `compile` trains is the model users load: same loss, eager attention under
+    torch.compile against the default attention without it."""
+    tok = processor.tokenizer
+    model, _ = build_model(TrainConfig(vision_layers=1, text_layers=2), tok)
+    image = tok.convert_tokens_to_ids("<image>")
+    ids = torch.tensor([[tok.bos_token_id] + [image] * 144 + tok("USER: a red circle ASSISTANT: a")["input_ids"][1:]] * 2)
+    labels = ids.clone()
+    labels[:, :146] = -100
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels,
+             "pixel_values": torch.randn(2, 3, tw.IMAGE_SIZE, tw.IMAGE_SIZE, generator=torch.Generator().manual_seed(0))}
+    want = model(**batch).loss
+    model.set_attn_implementation({"text_config": "eager"})
+    got = torch.compile(model)(**batch).loss
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
 def test_scene_questions_are_separate_rows_supervised_only_on_answers():
@@ -117,7 +136,8 @@ def test_frozen_tower_is_saved_as_initialised_when_it_has_no_stage_1(tmp_path):
     data = tmp_path / "data"
     tw.build(data, seed=0, sizes=tw.SplitSizes(train=4, validation=2, test=2))
     cfg = TrainConfig(scenes=16, vision_steps=0, caption_steps=2, steps=2, batch_size=4, vision_layers=1,
-                      text_layers=2, vocab_size=600, freeze_vision=True, attention_hint=1.0)
+                      text_layers=2, vocab_size=600, freeze_vision=True, attention_hint=1.0,
+                      compile=False)
     train(cfg, tmp_path / "ckpt", data_dir=data, threads=1, eval_every=0, eval_rows=1)
     saved, proc = load_trained(tmp_path / "ckpt")
     fresh, _ = build_model(cfg, proc.tokenizer)

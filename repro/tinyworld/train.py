@@ -13,7 +13,9 @@ shape / colour / glyph labels of generated scenes, then stays frozen as LLaVA's 
 (`--no-freeze-vision` trains it on); (2) the projector and decoder caption those scenes and
 answer questions about them; (3) the train splits of every tiny task, with a share of stage-2
 rows mixed in. Stages 2 and 3 run at batch 64: at batch 16 the decoder never learned the content
-lookup the questions need ("what colour is the cross?"; README). `--attention-hint W` adds
+lookup the questions need ("what colour is the cross?"; README). Their steps run under `torch.compile` with
+eager attention (`--no-compile` runs them eagerly): the same loss (tested), 1.5x faster a step on
+2 CPU cores, where SDPA's backward and unfused element-wise ops dominated. `--attention-hint W` adds
 `hint_loss`, which pulls the attention of each answer onto its evidence boxes; it is off by
 default (it moved the attention, not the answers). Task prompts are built exactly as lmms-eval
 builds them at evaluation time: the task's own `doc_to_text` (with its pre/post prompts), then the
@@ -88,6 +90,7 @@ class TrainConfig:
     save_dtype: str = "float16"
     freeze_vision: bool = True  # fix the tower after stage 1, as LLaVA's CLIP is (and a step costs less)
     attention_hint: float = 0.0  # weight of `hint_loss` in stages 2 and 3 (measured: no gain, README)
+    compile: bool = True  # torch.compile the stage 2/3 step, eager attention: 1.5x faster on 2 CPU cores (README)
 
 
 # ------------------------------------------------------------------ prompts and tokenizer
@@ -541,8 +544,9 @@ def train(cfg: TrainConfig, out: Path, *, data_dir: Path, device: str = "cpu", t
     captions = caption_rows(scenes)
     tok = build_tokenizer(tokenizer_corpus(train_rows + captions), cfg.vocab_size)
     model, processor = build_model(cfg, tok)
-    if cfg.attention_hint:
-        model.set_attn_implementation({"text_config": "eager"})  # hint_loss reads attention weights (not saved)
+    if cfg.attention_hint or cfg.compile:
+        # hint_loss reads attention weights; compiled, eager attention beats SDPA at these lengths (not saved)
+        model.set_attn_implementation({"text_config": "eager"})
     _check_prompt_encoding(processor, tasks, train_ds, train_rows)
     train_enc, val_enc, cap_enc = (encode_rows(r, processor) for r in (train_rows, val_rows, captions))
     n_params = sum(p.numel() for p in model.parameters())
@@ -575,13 +579,14 @@ def train(cfg: TrainConfig, out: Path, *, data_dir: Path, device: str = "cpu", t
         history["vision"] = train_vision(model, heads, scenes, train_batcher.pixels, cfg, rng, dev)
     if cfg.freeze_vision:
         model.model.vision_tower.requires_grad_(False)
+    step_model = torch.compile(model) if cfg.compile else model  # shares the parameters; evaluation runs eager
     if cfg.caption_steps:
-        history["caption"] = fit(model, _batches(cap_enc, cfg.batch_size, rng).__next__, cfg.caption_steps,
+        history["caption"] = fit(step_model, _batches(cap_enc, cfg.batch_size, rng).__next__, cfg.caption_steps,
                                  train_batcher, cfg, dev, "caption", evaluate, eval_every)
     n_caption = round(cfg.batch_size * cfg.caption_mix) if cap_enc else 0
     task_batches = _batches(train_enc, cfg.batch_size - n_caption, rng, order=lambda: _order(train_enc, cfg, rng))
     caption_batches = _batches(cap_enc, n_caption, rng) if n_caption else None
-    history["tasks"] = fit(model, lambda: next(task_batches) + (next(caption_batches) if caption_batches else []),
+    history["tasks"] = fit(step_model, lambda: next(task_batches) + (next(caption_batches) if caption_batches else []),
                            cfg.steps, train_batcher, cfg, dev, "tasks", evaluate, eval_every)
     train_seconds = time.perf_counter() - t_train
 
