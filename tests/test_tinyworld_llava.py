@@ -3,6 +3,7 @@ of the model the methods see, and accuracy falling as random visual tokens are r
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -28,6 +29,19 @@ def test_shipped_files_are_small_and_checksummed():
     assert {"model.safetensors", "config.json", "tokenizer.json", "SHA256SUMS", "train_record.json"} <= set(files)
     assert sum(files.values()) <= 20 * 2**20
     verify_checksums(WEIGHTS)
+
+
+def test_training_defaults_are_the_shipped_recipe():
+    """`python -m repro.tinyworld train --out DIR` with no options retrains what ships; options
+    added since (absent from the record) default to off."""
+    from dataclasses import asdict
+
+    from repro.tinyworld.train import TrainConfig
+
+    shipped_cfg = json.loads((WEIGHTS / "train_record.json").read_text())["config"]
+    defaults = asdict(TrainConfig())
+    assert {k: defaults[k] for k in shipped_cfg} == shipped_cfg
+    assert not any(defaults[k] for k in defaults.keys() - shipped_cfg.keys())
 
 
 def test_looks_like_llava_15(model):

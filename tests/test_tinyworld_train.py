@@ -63,14 +63,14 @@ def test_three_stage_run_writes_a_loadable_checkpoint(tmp_path):
     data = tmp_path / "data"
     tw.build(data, seed=0, sizes=tw.SplitSizes(train=4, validation=2, test=2))
     cfg = TrainConfig(scenes=16, vision_steps=2, vision_batch=4, caption_steps=2, steps=3, batch_size=4,
-                      vision_layers=1, text_layers=1, vocab_size=600)
+                      vision_layers=1, text_layers=1, vocab_size=600, compile=True)
     record = train(cfg, tmp_path / "ckpt", data_dir=data, threads=1, eval_every=2, eval_rows=1)
     assert [h["step"] for h in record["history"]["vision"]] == [2]
     assert [h["step"] for h in record["history"]["tasks"]] == [2, 3]
     assert set(record["validation_teacher_forced"]) == {t.key for t in tw.TASKS}
     stored = json.loads((tmp_path / "ckpt" / "train_record.json").read_text())
     assert stored["config"]["caption_steps"] == 2
-    assert stored["config"]["compile"]  # the default: stages 2 and 3 ran compiled, with eager attention
+    assert stored["config"]["compile"]
     model, proc = load_trained(tmp_path / "ckpt")
     assert model.dtype == torch.float32 and proc.tokenizer.eos_token == "</s>"
     assert model.config.text_config._attn_implementation != "eager"  # a training choice, not saved
@@ -136,8 +136,7 @@ def test_frozen_tower_is_saved_as_initialised_when_it_has_no_stage_1(tmp_path):
     data = tmp_path / "data"
     tw.build(data, seed=0, sizes=tw.SplitSizes(train=4, validation=2, test=2))
     cfg = TrainConfig(scenes=16, vision_steps=0, caption_steps=2, steps=2, batch_size=4, vision_layers=1,
-                      text_layers=2, vocab_size=600, freeze_vision=True, attention_hint=1.0,
-                      compile=False)
+                      text_layers=2, vocab_size=600, freeze_vision=True, attention_hint=1.0)
     train(cfg, tmp_path / "ckpt", data_dir=data, threads=1, eval_every=0, eval_rows=1)
     saved, proc = load_trained(tmp_path / "ckpt")
     fresh, _ = build_model(cfg, proc.tokenizer)

@@ -13,9 +13,10 @@ shape / colour / glyph labels of generated scenes, then stays frozen as LLaVA's 
 (`--no-freeze-vision` trains it on); (2) the projector and decoder caption those scenes and
 answer questions about them; (3) the train splits of every tiny task, with a share of stage-2
 rows mixed in. Stages 2 and 3 run at batch 64: at batch 16 the decoder never learned the content
-lookup the questions need ("what colour is the cross?"; README). Their steps run under `torch.compile` with
-eager attention (`--no-compile` runs them eagerly): the same loss (tested), 1.5x faster a step on
-2 CPU cores, where SDPA's backward and unfused element-wise ops dominated. `--attention-hint W` adds
+lookup the questions need ("what colour is the cross?"; README). `--compile` runs their steps under
+`torch.compile` with eager attention: the same loss (tested), 1.5x faster a step on 2 CPU cores,
+where SDPA's backward and unfused element-wise ops dominated; off by default because the shipped
+weights were trained eagerly (a compiled run is not bit-identical). `--attention-hint W` adds
 `hint_loss`, which pulls the attention of each answer onto its evidence boxes; it is off by
 default (it moved the attention, not the answers). Task prompts are built exactly as lmms-eval
 builds them at evaluation time: the task's own `doc_to_text` (with its pre/post prompts), then the
@@ -90,7 +91,7 @@ class TrainConfig:
     save_dtype: str = "float16"
     freeze_vision: bool = True  # fix the tower after stage 1, as LLaVA's CLIP is (and a step costs less)
     attention_hint: float = 0.0  # weight of `hint_loss` in stages 2 and 3 (measured: no gain, README)
-    compile: bool = True  # torch.compile the stage 2/3 step, eager attention: 1.5x faster on 2 CPU cores (README)
+    compile: bool = False  # torch.compile stages 2/3, eager attention: 1.5x faster a step; the shipped run was eager
 
 
 # ------------------------------------------------------------------ prompts and tokenizer
