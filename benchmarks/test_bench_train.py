@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from repro.models.shipped import SHIPPED
+from repro.tinyworld.scenes import IMAGE_SIZE
 from repro.tinyworld.train import N_VISUAL, TrainConfig, autocast, build_model
 
 BATCH, TEXT = 64, 46
@@ -33,7 +34,7 @@ def _stepper(compiled: bool):
     labels = torch.full_like(ids, -100)
     labels[:, -4:] = ids[:, -4:]
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels,
-             "pixel_values": torch.randn(BATCH, 3, 168, 168, generator=gen)}
+             "pixel_values": torch.randn(BATCH, 3, IMAGE_SIZE, IMAGE_SIZE, generator=gen)}
     cpu = torch.device("cpu")
 
     def step():

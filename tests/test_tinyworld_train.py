@@ -11,9 +11,11 @@ import torch
 from PIL import Image
 
 from repro import tinyworld as tw
+from repro.errors import ReproError
 from repro.tinyworld import pretraining
 from repro.tinyworld.scenes import COLOUR_NAMES, SHAPES
 from repro.tinyworld.train import (
+    N_VISUAL,
     Batcher,
     Encoded,
     Pixels,
@@ -82,15 +84,22 @@ def test_compiled_step_computes_the_eager_models_loss(processor):
     tok = processor.tokenizer
     model, _ = build_model(TrainConfig(vision_layers=1, text_layers=2), tok)
     image = tok.convert_tokens_to_ids("<image>")
-    ids = torch.tensor([[tok.bos_token_id] + [image] * 144 + tok("USER: a red circle ASSISTANT: a")["input_ids"][1:]] * 2)
+    ids = torch.tensor([[tok.bos_token_id] + [image] * N_VISUAL + tok("USER: a red circle ASSISTANT: a")["input_ids"][1:]] * 2)
     labels = ids.clone()
-    labels[:, :146] = -100
+    labels[:, :N_VISUAL + 2] = -100
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels,
              "pixel_values": torch.randn(2, 3, tw.IMAGE_SIZE, tw.IMAGE_SIZE, generator=torch.Generator().manual_seed(0))}
     want = model(**batch).loss
     model.set_attn_implementation({"text_config": "eager"})
     got = torch.compile(model)(**batch).loss
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_compile_without_a_cxx_compiler_is_a_clear_error_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.setattr("repro.tinyworld.train.shutil.which", lambda name: None)
+    with pytest.raises(ReproError, match="C\\+\\+ compiler.*without --compile"):
+        train(TrainConfig(compile=True), tmp_path / "ckpt", data_dir=tmp_path / "no-data")
+    assert not (tmp_path / "ckpt").exists()
 
 
 def test_scene_questions_are_separate_rows_supervised_only_on_answers():

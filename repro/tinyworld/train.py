@@ -40,6 +40,7 @@ import math
 import platform
 import random
 import shlex
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -532,6 +533,7 @@ def train(cfg: TrainConfig, out: Path, *, data_dir: Path, device: str = "cpu", t
     from .pretraining import scenes as make_scenes
 
     t_start = time.perf_counter()
+    _check_compiler(cfg, device)
     if threads:
         torch.set_num_threads(threads)
     random.seed(cfg.seed)
@@ -610,6 +612,13 @@ def train(cfg: TrainConfig, out: Path, *, data_dir: Path, device: str = "cpu", t
     })
     (out / "train_record.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return record
+
+
+def _check_compiler(cfg: TrainConfig, device: str) -> None:
+    """Fail before any work when `--compile` cannot build its CPU kernels (inductor emits C++)."""
+    if cfg.compile and torch.device(device).type == "cpu" and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+        raise ReproError("--compile on CPU needs a C++ compiler (torch.compile builds C++ kernels): "
+                         "install g++, or train without --compile")
 
 
 def _check_prompt_encoding(processor, tasks, datasets, rows: list[Row]) -> None:
