@@ -65,11 +65,12 @@ def test_three_stage_run_writes_a_loadable_checkpoint(tmp_path):
     data = tmp_path / "data"
     tw.build(data, seed=0, sizes=tw.SplitSizes(train=4, validation=2, test=2))
     cfg = TrainConfig(scenes=16, vision_steps=2, vision_batch=4, caption_steps=2, steps=3, batch_size=4,
-                      vision_layers=1, text_layers=1, vocab_size=600, compile=True)
+                      vision_layers=1, text_layers=1, vocab_size=600, compile=True, letter_steps=2, letter_mix=2)
     record = train(cfg, tmp_path / "ckpt", data_dir=data, threads=1, eval_every=2, eval_rows=1)
     assert [h["step"] for h in record["history"]["vision"]] == [2]
+    assert [h["step"] for h in record["history"]["letters"]] == [2]
     assert [h["step"] for h in record["history"]["tasks"]] == [2, 3]
-    assert set(record["validation_teacher_forced"]) == {t.key for t in tw.TASKS}
+    assert set(record["validation_teacher_forced"]) == {t.key for t in tw.TASKS} | {"letters"}
     stored = json.loads((tmp_path / "ckpt" / "train_record.json").read_text())
     assert stored["config"]["caption_steps"] == 2
     assert stored["config"]["compile"]
@@ -125,9 +126,37 @@ def test_scene_questions_are_separate_rows_supervised_only_on_answers():
     assert supervised == "</s>".join([row.answer] + [a for _, a in row.turns]) + "</s>"
 
 
+def test_letter_rows_state_the_answer_and_reshuffle_the_options():
+    import random
+
+    from repro.tinyworld.train import OPTION_LINE, Row, chat_prompt, letter_rows
+
+    question = "Which colour?\nA. red\nB. blue\nC. green\nAnswer with the option's letter."
+    rows = [Row("mc", 0, 1, chat_prompt(1, question), "C"), Row("vqa", 0, 1, chat_prompt(1, "Which colour?"), "red"),
+            Row("two", 0, 2, chat_prompt(2, question), "A")]
+    got = letter_rows(rows, 40, random.Random(0))
+    assert len(got) == 40 and {r.n_images for r in got} == {0} and len({r.index for r in got}) == 40
+    for r in got:
+        assert r.prompt.startswith("USER: The answer is green.\nWhich colour?\nA. ") and "<image>" not in r.prompt
+        options = dict(OPTION_LINE.findall(r.prompt))
+        assert list(options) == ["A", "B", "C"] and sorted(options.values()) == ["blue", "green", "red"]
+        assert options[r.answer] == "green"
+    assert {r.answer for r in got} == {"A", "B", "C"}
+
+
+def test_text_only_rows_batch_without_pixels(processor):
+    from repro.tinyworld.train import Row, chat_prompt, encode_rows
+
+    rows = [Row("letters", 0, 0, "USER: The answer is red. ASSISTANT:", "A"), Row("t", 0, 1, chat_prompt(1, "a"), "b")]
+    text, image = encode_rows(rows, processor)
+    batcher = Batcher(processor, Pixels(processor, lambda task, index: [Image.new("RGB", (64, 64))]))
+    assert "pixel_values" not in batcher([text])
+    assert batcher([text, image, text])["pixel_values"].shape[0] == 1
+
+
 def test_hint_loss_is_the_evidence_share_of_visual_attention():
     image = 7
-    items = [Encoded("t", 0, [1, 2] + [image] * 144 + [3, 4, 5], 149, hints=[(148, [0, 1, 2, 3])])]
+    items = [Encoded("t", 0, 1, [1, 2] + [image] * 144 + [3, 4, 5], 149, hints=[(148, [0, 1, 2, 3])])]
     rows, pos, keys, mask = hints = Batcher.hints(items, image)
     assert rows.tolist() == [0] and pos.tolist() == [148] and keys[0, 0] == 2 and int(mask.sum()) == 4
     att = torch.zeros(1, 2, 149, 149)
@@ -138,7 +167,7 @@ def test_hint_loss_is_the_evidence_share_of_visual_attention():
     att[0, 0, 148, 2:146] = 0
     att[0, 0, 148, 2:6] = 0.125  # head 0 all on the evidence: head mean share (0.5 + 4/144 * 0.5) / 1
     assert float(hint_loss(layers, hints)) == pytest.approx(-math.log((0.5 + 0.5 * 4 / 144) / 1.0), rel=1e-5)
-    assert Batcher.hints([Encoded("t", 0, [1, image], 2)], image) is None
+    assert Batcher.hints([Encoded("t", 0, 1, [1, image], 2)], image) is None
 
 
 def test_frozen_tower_is_saved_as_initialised_when_it_has_no_stage_1(tmp_path):

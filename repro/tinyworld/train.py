@@ -18,7 +18,10 @@ lookup the questions need ("what colour is the cross?"; README). `--compile` run
 where SDPA's backward and unfused element-wise ops dominated; off by default because the shipped
 weights were trained eagerly (a compiled run is not bit-identical). `--attention-hint W` adds
 `hint_loss`, which pulls the attention of each answer onto its evidence boxes; it is off by
-default (it moved the attention, not the answers). Task prompts are built exactly as lmms-eval
+default (it moved the attention, not the answers). `--letter-steps N` puts a text-only stage before
+stage 2 on `letter_rows` (the lettered tasks' prompts with the answer stated), `--letter-mix K` adds
+K of those rows to every later step; both off (measured: the copy formed, the image stages then
+learned worse; README). Task prompts are built exactly as lmms-eval
 builds them at evaluation time: the task's own `doc_to_text` (with its pre/post prompts), then the
 llava-hf chat template with the images first (what `Adapter.prepare` sends). The loss is on the
 answer tokens and EOS only. Everything is seeded (BPE corpus order, initialisation, data order);
@@ -39,6 +42,7 @@ import logging
 import math
 import platform
 import random
+import re
 import shlex
 import shutil
 import sys
@@ -93,6 +97,8 @@ class TrainConfig:
     freeze_vision: bool = True  # fix the tower after stage 1, as LLaVA's CLIP is (and a step costs less)
     attention_hint: float = 0.0  # weight of `hint_loss` in stages 2 and 3 (measured: no gain, README)
     compile: bool = False  # torch.compile stages 2/3, eager attention: 1.5x faster a step; the shipped run was eager
+    letter_steps: int = 0  # text-only stage before stage 2 on `letter_rows` (measured: a net loss, README)
+    letter_mix: int = 0  # letter rows added to every stage-2/3 step as a second forward (measured: a net loss)
 
 
 # ------------------------------------------------------------------ prompts and tokenizer
@@ -129,6 +135,8 @@ class Row:
 
 
 CAPTION = "caption"
+LETTERS = "letters"  # task key of the text-only letter-copy rows
+OPTION_LINE = re.compile(r"^([A-E])\. (.*)$", re.MULTILINE)
 
 
 def split_rows(data_dir: Path, tasks: dict[str, Any], split: str, cap: int = 0) -> tuple[list[Row], dict[str, Any]]:
@@ -170,6 +178,27 @@ def caption_rows(scenes: list) -> list[Row]:
             rows.append(Row(CAPTION, i, 1, chat_prompt(1, question), answer, rest,
                             [evidence_patches(boxes) for boxes in s.evidence]))
     return rows
+
+
+def letter_rows(rows: list[Row], copies: int, rng: random.Random) -> list[Row]:
+    """Text-only rows of the lettered tasks' format with the answer stated where the image was
+    ("The answer is red."), options reshuffled `copies` times. Why: from scratch, copying the letter
+    of a named option took 2000+ steps of batch 64 to form (README), and text rows cost a quarter
+    of image rows. Measured: the copy forms, but is lost in the image stages or slows them."""
+    out = []
+    for r in rows:
+        options = dict(OPTION_LINE.findall(r.prompt))
+        contents = list(options.values())
+        if r.n_images != 1 or r.answer not in options or len(set(contents)) < len(contents):
+            continue
+        right = options[r.answer]
+        stated = r.prompt.replace("<image>\n", f"The answer is {right}.\n", 1)
+        block = "\n".join(f"{k}. {v}" for k, v in options.items())
+        for _ in range(copies):
+            shuffled = rng.sample(contents, len(contents))
+            new_block = "\n".join(f"{k}. {v}" for k, v in zip(options, shuffled))
+            out.append(Row(LETTERS, len(out), 0, stated.replace(block, new_block), "ABCDE"[shuffled.index(right)]))
+    return out
 
 
 def build_tokenizer(corpus: list[str], vocab_size: int):
@@ -256,6 +285,7 @@ def build_model(cfg: TrainConfig, tok):
 class Encoded:
     task: str
     index: int
+    n_images: int
     ids: list[int]  # prompt (image placeholders expanded), answer, EOS, then any further turns
     n_prompt: int
     unsupervised: list[tuple[int, int]] = field(default_factory=list)  # [start, end) of later questions
@@ -279,7 +309,7 @@ def encode_rows(rows: list[Row], processor) -> list[Encoded]:
             ids += q + tok(answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
         answer_at = [n_prompt - 1] + [end - 1 for _, end in skip]
         hints = [(pos, patches) for pos, patches in zip(answer_at, r.evidence) if patches]
-        out.append(Encoded(r.task, r.index, ids, n_prompt, skip, hints))
+        out.append(Encoded(r.task, r.index, r.n_images, ids, n_prompt, skip, hints))
     return out
 
 
@@ -327,8 +357,11 @@ class Batcher:
             for a, b in e.unsupervised:
                 labels[i, a:b] = IGNORE
             mask[i, :n] = 1
-        pixels = self.pixels([(e.task, e.index) for e in items])
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels, "pixel_values": pixels}
+        batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        keys = [(e.task, e.index) for e in items if e.n_images]
+        if keys:
+            batch["pixel_values"] = self.pixels(keys)
+        return batch
 
     @staticmethod
     def hints(items: list[Encoded], image_token_id: int) -> tuple[torch.Tensor, ...] | None:
@@ -478,28 +511,31 @@ def train_vision(model, heads: PatchHeads, scenes: list, pixels: Pixels, cfg: Tr
 
 def fit(model, next_batch, steps: int, batcher: Batcher, cfg: TrainConfig, dev: torch.device, name: str,
         evaluate=None, eval_every: int = 0) -> list[dict]:
-    """Stages 2 and 3: AdamW on the answer loss over `steps` batches from `next_batch()`, with its
-    own warm-up and cosine schedule; `evaluate()` every `eval_every` steps. Returns the history."""
+    """Stages 2 and 3 (and the letter stage): AdamW on the answer loss over `steps` batches from
+    `next_batch()` (a list of row groups, one forward each, losses summed), with its own warm-up
+    and cosine schedule;
+    `evaluate()` every `eval_every` steps. Returns the history."""
     groups = _param_groups(model, cfg)  # trainable parameters only
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-8)
     history, t0, avg = [], time.perf_counter(), None
     image_token_id = model.config.image_token_id
     for step in range(steps):
-        items = next_batch()
-        batch = {k: v.to(dev) for k, v in batcher(items).items()}
-        hints = Batcher.hints(items, image_token_id) if cfg.attention_hint else None
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg, steps)
-        with autocast(dev, cfg.precision):
-            out = model(**batch, output_attentions=hints is not None)
-            loss = out.loss
-            if hints is not None:
-                loss = loss + cfg.attention_hint * hint_loss(out.attentions, [h.to(dev) for h in hints])
-        loss.backward()
+        value = 0.0
+        for items in next_batch():
+            batch = {k: v.to(dev) for k, v in batcher(items).items()}
+            hints = Batcher.hints(items, image_token_id) if cfg.attention_hint else None
+            with autocast(dev, cfg.precision):
+                out = model(**batch, output_attentions=hints is not None)
+                loss = out.loss
+                if hints is not None:
+                    loss = loss + cfg.attention_hint * hint_loss(out.attentions, [h.to(dev) for h in hints])
+            loss.backward()
+            value += float(loss.detach())
         torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        value = float(loss.detach())
         avg = value if avg is None else 0.98 * avg + 0.02 * value
         if step % 50 == 0:
             log.info("%s step %d loss %.4f lr %.2e %.0fs", name, step, avg, lr_at(step, cfg, steps), time.perf_counter() - t0)
@@ -552,6 +588,11 @@ def train(cfg: TrainConfig, out: Path, *, data_dir: Path, device: str = "cpu", t
         model.set_attn_implementation({"text_config": "eager"})
     _check_prompt_encoding(processor, tasks, train_ds, train_rows)
     train_enc, val_enc, cap_enc = (encode_rows(r, processor) for r in (train_rows, val_rows, captions))
+    letter_enc, val_letters = [], []
+    if cfg.letter_steps or cfg.letter_mix:  # own random stream: the runs without letters are unchanged
+        letter_rng = random.Random(f"tinyworld-llava/letters/{cfg.seed}")
+        letter_enc = encode_rows(letter_rows(train_rows, 3, letter_rng), processor)  # 3 option orders a row
+        val_letters = encode_rows(letter_rows(val_rows, 1, letter_rng), processor)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("rows: train %d, validation %d, scene rows %d; vocab %d; params %.2fM; prompt tokens mean %.1f max %d "
              "(+%d visual); caption tokens mean %.1f", len(train_enc), len(val_enc), len(cap_enc), len(tok),
@@ -570,32 +611,43 @@ def train(cfg: TrainConfig, out: Path, *, data_dir: Path, device: str = "cpu", t
     val_batcher = Batcher(processor, Pixels(processor, images_of(val_ds)))
     rng = random.Random(f"tinyworld-llava/{cfg.seed}")
     monitor = [e for key in tasks for e in [v for v in val_enc if v.task == key][:eval_rows]]
+    monitor += val_letters[::max(1, len(val_letters) // (2 * eval_rows))][:2 * eval_rows]
     model.to(dev).train()
     t_train = time.perf_counter()
 
     def evaluate():
         return teacher_forced(model, val_batcher, monitor, batch_size=64, device=dev, precision=cfg.precision)
 
-    history = {"vision": [], "caption": [], "tasks": []}
+    history = {"vision": [], "letters": [], "caption": [], "tasks": []}
     if cfg.vision_steps:
         heads = PatchHeads(cfg.vision_hidden).to(dev)
         history["vision"] = train_vision(model, heads, scenes, train_batcher.pixels, cfg, rng, dev)
     if cfg.freeze_vision:
         model.model.vision_tower.requires_grad_(False)
     step_model = torch.compile(model) if cfg.compile else model  # shares the parameters; evaluation runs eager
+    letter_batches = _batches(letter_enc, max(cfg.letter_mix, 1), rng) if letter_enc else None
+    if cfg.letter_steps:
+        fixed = _batches(letter_enc, cfg.batch_size, rng)
+        history["letters"] = fit(step_model, lambda: [next(fixed)], cfg.letter_steps, train_batcher, cfg, dev,
+                                 "letters", evaluate, eval_every)
+
+    def with_letters(items: list[Encoded]) -> list[list[Encoded]]:
+        return [items, next(letter_batches)] if cfg.letter_mix else [items]
+
     if cfg.caption_steps:
-        history["caption"] = fit(step_model, _batches(cap_enc, cfg.batch_size, rng).__next__, cfg.caption_steps,
+        scene_batches = _batches(cap_enc, cfg.batch_size, rng)
+        history["caption"] = fit(step_model, lambda: with_letters(next(scene_batches)), cfg.caption_steps,
                                  train_batcher, cfg, dev, "caption", evaluate, eval_every)
     n_caption = round(cfg.batch_size * cfg.caption_mix) if cap_enc else 0
     task_batches = _batches(train_enc, cfg.batch_size - n_caption, rng, order=lambda: _order(train_enc, cfg, rng))
     caption_batches = _batches(cap_enc, n_caption, rng) if n_caption else None
-    history["tasks"] = fit(step_model, lambda: next(task_batches) + (next(caption_batches) if caption_batches else []),
+    history["tasks"] = fit(step_model, lambda: with_letters(next(task_batches) + (next(caption_batches) if caption_batches else [])),
                            cfg.steps, train_batcher, cfg, dev, "tasks", evaluate, eval_every)
     train_seconds = time.perf_counter() - t_train
 
     record = save(model, processor, out, cfg)
     reloaded, _ = load_trained(out)  # what users get: stored weights, upcast to fp32
-    final = teacher_forced(reloaded, val_batcher, val_enc, batch_size=64, device=torch.device("cpu"), precision="fp32")
+    final = teacher_forced(reloaded, val_batcher, val_enc + val_letters, batch_size=64, device=torch.device("cpu"), precision="fp32")
     record.update({
         "command": command,
         "config": asdict(cfg),
