@@ -625,14 +625,14 @@ def train(cfg: TrainConfig, out: Path, *, data_dir: Path, device: str = "cpu", t
     if cfg.freeze_vision:
         model.model.vision_tower.requires_grad_(False)
     step_model = torch.compile(model) if cfg.compile else model  # shares the parameters; evaluation runs eager
-    letter_batches = _batches(letter_enc, max(cfg.letter_mix, 1), rng) if letter_enc else None
+    letter_batches = _batches(letter_enc, cfg.letter_mix, rng) if cfg.letter_mix else None
     if cfg.letter_steps:
         fixed = _batches(letter_enc, cfg.batch_size, rng)
         history["letters"] = fit(step_model, lambda: [next(fixed)], cfg.letter_steps, train_batcher, cfg, dev,
                                  "letters", evaluate, eval_every)
 
     def with_letters(items: list[Encoded]) -> list[list[Encoded]]:
-        return [items, next(letter_batches)] if cfg.letter_mix else [items]
+        return [items, next(letter_batches)] if letter_batches else [items]
 
     if cfg.caption_steps:
         scene_batches = _batches(cap_enc, cfg.batch_size, rng)
