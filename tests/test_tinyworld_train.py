@@ -154,6 +154,21 @@ def test_text_only_rows_batch_without_pixels(processor):
     assert batcher([text, image, text])["pixel_values"].shape[0] == 1
 
 
+def test_batches_from_an_empty_pool_are_a_clear_error_not_an_endless_loop():
+    import random
+
+    from repro.tinyworld.train import _batches
+
+    with pytest.raises(ReproError, match="cannot draw batches of 4 from 0"):
+        _batches([], 4, random.Random(0))
+    with pytest.raises(ReproError, match="--caption-mix"):
+        _batches([Encoded("t", 0, 1, [1], 1)], 0, random.Random(0))
+    pool = [Encoded("t", i, 0, [1], 1) for i in range(3)]
+    got = _batches(pool, 2, random.Random(0))
+    drawn = [e.index for _ in range(3) for e in next(got)]
+    assert sorted(drawn) == [0, 0, 1, 1, 2, 2]  # two whole passes
+
+
 def test_hint_loss_is_the_evidence_share_of_visual_attention():
     image = 7
     items = [Encoded("t", 0, 1, [1, 2] + [image] * 144 + [3, 4, 5], 149, hints=[(148, [0, 1, 2, 3])])]

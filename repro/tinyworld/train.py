@@ -197,7 +197,7 @@ def letter_rows(rows: list[Row], copies: int, rng: random.Random) -> list[Row]:
         for _ in range(copies):
             shuffled = rng.sample(contents, len(contents))
             new_block = "\n".join(f"{k}. {v}" for k, v in zip(options, shuffled))
-            out.append(Row(LETTERS, len(out), 0, stated.replace(block, new_block), "ABCDE"[shuffled.index(right)]))
+            out.append(Row(LETTERS, len(out), 0, stated.replace(block, new_block), list(options)[shuffled.index(right)]))
     return out
 
 
@@ -513,8 +513,7 @@ def fit(model, next_batch, steps: int, batcher: Batcher, cfg: TrainConfig, dev: 
         evaluate=None, eval_every: int = 0) -> list[dict]:
     """Stages 2 and 3 (and the letter stage): AdamW on the answer loss over `steps` batches from
     `next_batch()` (a list of row groups, one forward each, losses summed), with its own warm-up
-    and cosine schedule;
-    `evaluate()` every `eval_every` steps. Returns the history."""
+    and cosine schedule; `evaluate()` every `eval_every` steps. Returns the history."""
     groups = _param_groups(model, cfg)  # trainable parameters only
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-8)
     history, t0, avg = [], time.perf_counter(), None
@@ -551,16 +550,21 @@ def fit(model, next_batch, steps: int, batcher: Batcher, cfg: TrainConfig, dev: 
 
 
 def _batches(pool: list[Encoded], size: int, rng: random.Random, order=None):
-    """Endless batches of `size` from `pool`, in passes of `order(pool)` (default: shuffled)."""
-    queue: list[int] = []
-    while True:
-        if len(queue) < size:
-            if order is None:
-                queue += rng.sample(range(len(pool)), len(pool))
-            else:
-                queue += order()
-        idx, queue = queue[:size], queue[size:]
-        yield [pool[i] for i in idx]
+    """Endless batches of `size` from `pool`, in passes of `order(pool)` (default: shuffled).
+    Checked here, before the stage starts: an empty pool would otherwise loop forever."""
+    if not pool or size < 1:
+        raise ReproError(f"cannot draw batches of {size} from {len(pool)} training rows: "
+                         "check --scenes, --batch-size, --caption-mix and --letter-mix")
+
+    def endless():
+        queue: list[int] = []
+        while True:
+            if len(queue) < size:
+                queue += rng.sample(range(len(pool)), len(pool)) if order is None else order()
+            idx, queue = queue[:size], queue[size:]
+            yield [pool[i] for i in idx]
+
+    return endless()
 
 
 def train(cfg: TrainConfig, out: Path, *, data_dir: Path, device: str = "cpu", threads: int | None = None,
@@ -611,7 +615,8 @@ def train(cfg: TrainConfig, out: Path, *, data_dir: Path, device: str = "cpu", t
     val_batcher = Batcher(processor, Pixels(processor, images_of(val_ds)))
     rng = random.Random(f"tinyworld-llava/{cfg.seed}")
     monitor = [e for key in tasks for e in [v for v in val_enc if v.task == key][:eval_rows]]
-    monitor += val_letters[::max(1, len(val_letters) // (2 * eval_rows))][:2 * eval_rows]
+    if val_letters and eval_rows:  # spread over the lettered tasks
+        monitor += val_letters[::max(1, len(val_letters) // (2 * eval_rows))][:2 * eval_rows]
     model.to(dev).train()
     t_train = time.perf_counter()
 
@@ -641,8 +646,10 @@ def train(cfg: TrainConfig, out: Path, *, data_dir: Path, device: str = "cpu", t
     n_caption = round(cfg.batch_size * cfg.caption_mix) if cap_enc else 0
     task_batches = _batches(train_enc, cfg.batch_size - n_caption, rng, order=lambda: _order(train_enc, cfg, rng))
     caption_batches = _batches(cap_enc, n_caption, rng) if n_caption else None
-    history["tasks"] = fit(step_model, lambda: with_letters(next(task_batches) + (next(caption_batches) if caption_batches else [])),
-                           cfg.steps, train_batcher, cfg, dev, "tasks", evaluate, eval_every)
+    def task_step() -> list[list[Encoded]]:
+        return with_letters(next(task_batches) + (next(caption_batches) if caption_batches else []))
+
+    history["tasks"] = fit(step_model, task_step, cfg.steps, train_batcher, cfg, dev, "tasks", evaluate, eval_every)
     train_seconds = time.perf_counter() - t_train
 
     record = save(model, processor, out, cfg)
