@@ -22,6 +22,7 @@ from repro.tinyworld.train import (
     TrainConfig,
     build_model,
     build_tokenizer,
+    config_from_args,
     hint_loss,
     load_trained,
     train,
@@ -185,11 +186,33 @@ def test_hint_loss_is_the_evidence_share_of_visual_attention():
     assert Batcher.hints([Encoded("t", 0, 1, [1, image], 2)], image) is None
 
 
+def _flags(*argv: str):
+    import argparse
+
+    from repro.tinyworld.train import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(["--out", "x", *argv])
+
+
+def test_task_weights_flag_defaults_to_the_recipe_and_rejects_bad_json_or_unknown_tasks():
+    assert config_from_args(_flags()).task_weights == TrainConfig().task_weights != {}
+    assert config_from_args(_flags("--task-weights", "{}")).task_weights == {}
+    assert config_from_args(_flags("--task-weights", '{"vqav2": 0.5}')).task_weights == {"vqav2": 0.5}
+    with pytest.raises(ReproError, match="not JSON"):
+        config_from_args(_flags("--task-weights", "pope=3"))
+    with pytest.raises(ReproError, match="non-negative numbers"):
+        config_from_args(_flags("--task-weights", '{"pope": -1}'))
+    with pytest.raises(ReproError, match=r"unknown tasks \['popee'\].*pope"):
+        config_from_args(_flags("--task-weights", '{"popee": 3}'))
+
+
 def test_frozen_tower_is_saved_as_initialised_when_it_has_no_stage_1(tmp_path):
     data = tmp_path / "data"
     tw.build(data, seed=0, sizes=tw.SplitSizes(train=4, validation=2, test=2))
     cfg = TrainConfig(scenes=16, vision_steps=0, caption_steps=2, steps=2, batch_size=4, vision_layers=1,
-                      text_layers=2, vocab_size=600, freeze_vision=True, attention_hint=1.0)
+                      text_layers=2, vocab_size=600, freeze_vision=True, attention_hint=1.0, compile=False)
     train(cfg, tmp_path / "ckpt", data_dir=data, threads=1, eval_every=0, eval_rows=1)
     saved, proc = load_trained(tmp_path / "ckpt")
     fresh, _ = build_model(cfg, proc.tokenizer)

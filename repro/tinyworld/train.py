@@ -13,10 +13,13 @@ shape / colour / glyph labels of generated scenes, then stays frozen as LLaVA's 
 (`--no-freeze-vision` trains it on); (2) the projector and decoder caption those scenes and
 answer questions about them; (3) the train splits of every tiny task, with a share of stage-2
 rows mixed in. Stages 2 and 3 run at batch 64: at batch 16 the decoder never learned the content
-lookup the questions need ("what colour is the cross?"; README). `--compile` runs their steps under
-`torch.compile` with eager attention: the same loss (tested), 1.5x faster a step on 2 CPU cores,
-where SDPA's backward and unfused element-wise ops dominated; off by default because the shipped
-weights were trained eagerly (a compiled run is not bit-identical). `--attention-hint W` adds
+lookup the questions need ("what colour is the cross?"; README). Stage 1 runs 2000 steps: at 500
+the tower never separated the glyphs and text was not read; stage 3 then samples POPE rows 3x and
+MME rows 2x (`task_weights`), without which that run lost the yes/no presence lookup (README).
+`--compile` (on by default) runs the stage-2/3 steps under `torch.compile` with eager attention:
+the same loss (tested), 1.5x faster a step on 2 CPU cores, where SDPA's backward and unfused
+element-wise ops dominated; a compiled run is not bit-identical to an eager one
+(`--no-compile` needs no C++ compiler). `--attention-hint W` adds
 `hint_loss`, which pulls the attention of each answer onto its evidence boxes; it is off by
 default (it moved the attention, not the answers). `--letter-steps N` puts a text-only stage before
 stage 2 on `letter_rows` (the lettered tasks' prompts with the answer stated), `--letter-mix K` adds
@@ -69,7 +72,7 @@ class TrainConfig:
 
     seed: int = 0
     scenes: int = 6000  # generated pretraining scenes (pretraining.py), stages 1 and 2
-    vision_steps: int = 500  # stage 1: vision tower + per-patch heads on the scenes
+    vision_steps: int = 2000  # stage 1: vision tower + per-patch heads on the scenes (500 never read glyphs)
     vision_batch: int = 32
     caption_steps: int = 1200  # stage 2: projector + decoder caption the scenes and answer questions on them
     steps: int = 700  # stage 3: the task train splits (plus `caption_mix` scene rows)
@@ -92,11 +95,12 @@ class TrainConfig:
     text_kv_heads: int = 4
     text_mlp: int = 768
     train_rows: int = 0  # rows per task (0: the whole train split)
-    task_weights: dict[str, float] = field(default_factory=dict)  # sampling weight per task key (default 1)
+    task_weights: dict[str, float] = field(default_factory=lambda: {"pope": 3, "mme": 2})  # per task key (else 1);
+    # the presence questions need the extra weight once stage 1 runs long (README)
     save_dtype: str = "float16"
     freeze_vision: bool = True  # fix the tower after stage 1, as LLaVA's CLIP is (and a step costs less)
     attention_hint: float = 0.0  # weight of `hint_loss` in stages 2 and 3 (measured: no gain, README)
-    compile: bool = False  # torch.compile stages 2/3, eager attention: 1.5x faster a step; the shipped run was eager
+    compile: bool = True  # torch.compile stages 2/3, eager attention: 1.5x faster a step (not bit-identical to eager)
     letter_steps: int = 0  # text-only stage before stage 2 on `letter_rows` (measured: a net loss, README)
     letter_mix: int = 0  # letter rows added to every stage-2/3 step as a second forward (measured: a net loss)
 
@@ -646,6 +650,7 @@ def train(cfg: TrainConfig, out: Path, *, data_dir: Path, device: str = "cpu", t
     n_caption = round(cfg.batch_size * cfg.caption_mix) if cap_enc else 0
     task_batches = _batches(train_enc, cfg.batch_size - n_caption, rng, order=lambda: _order(train_enc, cfg, rng))
     caption_batches = _batches(cap_enc, n_caption, rng) if n_caption else None
+
     def task_step() -> list[list[Encoded]]:
         return with_letters(next(task_batches) + (next(caption_batches) if caption_batches else []))
 
@@ -752,11 +757,33 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         if f.name == "task_weights":
-            p.add_argument(flag, default=None, help="JSON object: sampling weight per task key")
+            p.add_argument(flag, default=None, help="JSON object: sampling weight per task key "
+                           f"(default {json.dumps(TrainConfig().task_weights)}; '{{}}' weighs all alike)")
         elif isinstance(f.default, bool):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
         else:
             p.add_argument(flag, type=type(f.default), default=f.default)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig the flags name; without `--task-weights`, the recipe's weights."""
+    values = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}
+    if args.task_weights is None:
+        del values["task_weights"]
+    else:
+        try:
+            values["task_weights"] = weights = json.loads(args.task_weights)
+        except json.JSONDecodeError as e:
+            raise ReproError(f"--task-weights {args.task_weights!r} is not JSON ({e}); "
+                             "give an object such as '{\"pope\": 3}'") from e
+        if not (isinstance(weights, dict) and all(isinstance(w, (int, float)) and w >= 0 for w in weights.values())):
+            raise ReproError(f"--task-weights must be a JSON object of non-negative numbers, got {args.task_weights!r}")
+        from .suite import TASKS
+
+        if unknown := sorted(weights.keys() - {t.key for t in TASKS}):
+            raise ReproError(f"--task-weights names unknown tasks {unknown}; "
+                             f"the task keys are {', '.join(t.key for t in TASKS)}")
+    return TrainConfig(**values)
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:
@@ -764,9 +791,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     from . import default_data_dir, verify
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
-    values = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}
-    values["task_weights"] = json.loads(args.task_weights) if args.task_weights else {}
-    cfg = TrainConfig(**values)
+    cfg = config_from_args(args)
     data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
     try:
         verify(data_dir)
