@@ -18,6 +18,7 @@ from repro.tinyworld.train import (
     N_VISUAL,
     Batcher,
     Encoded,
+    PatchHeads,
     Pixels,
     TrainConfig,
     build_model,
@@ -184,6 +185,27 @@ def test_hint_loss_is_the_evidence_share_of_visual_attention():
     att[0, 0, 148, 2:6] = 0.125  # head 0 all on the evidence: head mean share (0.5 + 4/144 * 0.5) / 1
     assert float(hint_loss(layers, hints)) == pytest.approx(-math.log((0.5 + 0.5 * 4 / 144) / 1.0), rel=1e-5)
     assert Batcher.hints([Encoded("t", 0, 1, [1, image], 2)], image) is None
+
+
+def test_cls_presence_trains_cls_on_which_classes_the_scene_holds():
+    """Off, [CLS] gets no gradient from stage 1 (the patch heads read the patches); on, its
+    heads' targets are the classes present, background excluded."""
+    torch.manual_seed(0)
+    labels = {"shape": torch.tensor([[0, 2, 2, 0]]), "colour": torch.tensor([[0, 1, 3, 0]]),
+              "char": torch.zeros(1, 4, dtype=torch.long)}
+    for weight in (0.0, 1.0):
+        features = torch.randn(1, 5, 8, requires_grad=True)
+        heads = PatchHeads(8, cls_weight=weight)
+        heads.loss(features, labels).backward()
+        assert (features.grad[:, 0].abs().sum() > 0) == bool(weight)
+    with torch.no_grad():  # a confident, correct [CLS] head: no scene loss left beyond the patch terms
+        for key, head in heads.scene_heads.items():
+            head.weight.zero_()
+            target = torch.nn.functional.one_hot(labels[key], head.out_features + 1).amax(1)[0, 1:]
+            head.bias.copy_(torch.where(target.bool(), 50.0, -50.0))
+    patch_only = PatchHeads(8)
+    patch_only.heads.load_state_dict(heads.heads.state_dict())
+    torch.testing.assert_close(heads.loss(features, labels), patch_only.loss(features, labels))
 
 
 def _flags(*argv: str):

@@ -24,12 +24,14 @@ element-wise ops dominated; a compiled run is not bit-identical to an eager one
 default (it moved the attention, not the answers). `--letter-steps N` puts a text-only stage before
 stage 2 on `letter_rows` (the lettered tasks' prompts with the answer stated), `--letter-mix K` adds
 K of those rows to every later step; both off (measured: the copy formed, the image stages then
-learned worse; README). Task prompts are built exactly as lmms-eval
-builds them at evaluation time: the task's own `doc_to_text` (with its pre/post prompts), then the
-llava-hf chat template with the images first (what `Adapter.prepare` sends). The loss is on the
-answer tokens and EOS only. Everything is seeded (BPE corpus order, initialisation, data order);
-matmuls run under bf16 autocast (fast on CPUs with AMX/AVX512-BF16 and on GPUs) with fp32
-weights, and the weights are stored in fp16 (`save_dtype`).
+learned worse; README). `--cls-presence W` adds stage-1 heads on [CLS] saying which shapes,
+colours and glyphs the scene holds, so VisPruner's [CLS] attention has something to rank by.
+Task prompts are built exactly as lmms-eval builds them at evaluation time: the task's own
+`doc_to_text` (with its pre/post prompts), then the llava-hf chat template with the images first
+(what `Adapter.prepare` sends). The loss is on the answer tokens and EOS only. Everything is
+seeded (BPE corpus order, initialisation, data order); matmuls run under bf16 autocast (fast on
+CPUs with AMX/AVX512-BF16 and on GPUs) with fp32 weights, and the weights are stored in fp16
+(`save_dtype`).
 
 Progress is measured by teacher-forced exact match on the validation splits: an answer counts
 when every answer token and EOS is the argmax given the right prefix, which is exactly when greedy
@@ -74,6 +76,7 @@ class TrainConfig:
     scenes: int = 6000  # generated pretraining scenes (pretraining.py), stages 1 and 2
     vision_steps: int = 2000  # stage 1: vision tower + per-patch heads on the scenes (500 never read glyphs)
     vision_batch: int = 32
+    cls_presence: float = 0.0  # stage 1: weight of the [CLS] scene-content heads (VisPruner's signal; README)
     caption_steps: int = 1200  # stage 2: projector + decoder caption the scenes and answer questions on them
     steps: int = 700  # stage 3: the task train splits (plus `caption_mix` scene rows)
     caption_mix: float = 0.2  # fraction of stage-3 rows that are scene rows (keeps the reading skills)
@@ -405,17 +408,31 @@ def hint_loss(attentions: tuple[torch.Tensor, ...], hints) -> torch.Tensor:
 
 class PatchHeads(torch.nn.Module):
     """Stage 1 only (never saved): linear classifiers of each patch's shape, colour and glyph on
-    the features LLaVA reads (the tower's `vision_feature_layer`, CLS dropped)."""
+    the features LLaVA reads (the tower's `vision_feature_layer`, CLS dropped). With `cls_weight`,
+    also multi-label heads on [CLS]: which shapes, colours and glyphs the scene holds, the
+    image-level objective a real CLIP's [CLS] has and VisPruner's signal relies on (README)."""
 
-    def __init__(self, hidden: int):
+    def __init__(self, hidden: int, cls_weight: float = 0.0):
         from .pretraining import HEADS
 
         super().__init__()
         self.heads = torch.nn.ModuleDict({k: torch.nn.Linear(hidden, n) for k, n in HEADS.items()})
+        self.cls_weight = cls_weight
+        self.scene_heads = torch.nn.ModuleDict(
+            {k: torch.nn.Linear(hidden, n - 1) for k, n in HEADS.items()}) if cls_weight else None  # class 0: none
 
     def loss(self, features: torch.Tensor, labels: dict[str, torch.Tensor]) -> torch.Tensor:
-        return sum(torch.nn.functional.cross_entropy(head(features).float().flatten(0, 1), labels[k].flatten())
+        """`features`: (batch, 1 + patches, hidden), [CLS] first; `labels`: (batch, patches) per head."""
+        f = torch.nn.functional
+        loss = sum(f.cross_entropy(head(features[:, 1:]).float().flatten(0, 1), labels[k].flatten())
                    for k, head in self.heads.items())
+        if self.scene_heads is not None:
+            present = {k: f.one_hot(labels[k], head.out_features + 1).amax(1)[:, 1:].float()
+                       for k, head in self.scene_heads.items()}
+            loss = loss + self.cls_weight * sum(
+                f.binary_cross_entropy_with_logits(head(features[:, 0]).float(), present[k])
+                for k, head in self.scene_heads.items())
+        return loss
 
 
 def autocast(device: torch.device, precision: str):
@@ -500,7 +517,7 @@ def train_vision(model, heads: PatchHeads, scenes: list, pixels: Pixels, cfg: Tr
             g["lr"] = lr_at(step, cfg, cfg.vision_steps)
         with autocast(dev, cfg.precision):
             feats = tower(pixels([(CAPTION, i) for i in idx]).to(dev), output_hidden_states=True).hidden_states[layer]
-            loss = heads.loss(feats[:, 1:], {k: v[idx].to(dev) for k, v in labels.items()})
+            loss = heads.loss(feats, {k: v[idx].to(dev) for k, v in labels.items()})
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
@@ -629,7 +646,7 @@ def train(cfg: TrainConfig, out: Path, *, data_dir: Path, device: str = "cpu", t
 
     history = {"vision": [], "letters": [], "caption": [], "tasks": []}
     if cfg.vision_steps:
-        heads = PatchHeads(cfg.vision_hidden).to(dev)
+        heads = PatchHeads(cfg.vision_hidden, cfg.cls_presence).to(dev)
         history["vision"] = train_vision(model, heads, scenes, train_batcher.pixels, cfg, rng, dev)
     if cfg.freeze_vision:
         model.model.vision_tower.requires_grad_(False)
