@@ -76,7 +76,7 @@ class TrainConfig:
     scenes: int = 6000  # generated pretraining scenes (pretraining.py), stages 1 and 2
     vision_steps: int = 2000  # stage 1: vision tower + per-patch heads on the scenes (500 never read glyphs)
     vision_batch: int = 32
-    cls_presence: float = 0.0  # stage 1: weight of the [CLS] scene-content heads (VisPruner's signal; README)
+    cls_presence: float = 0.0  # stage 1: weight of [CLS] scene-content heads (VisPruner's signal; a net loss, README)
     caption_steps: int = 1200  # stage 2: projector + decoder caption the scenes and answer questions on them
     steps: int = 700  # stage 3: the task train splits (plus `caption_mix` scene rows)
     caption_mix: float = 0.2  # fraction of stage-3 rows that are scene rows (keeps the reading skills)
