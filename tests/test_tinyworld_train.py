@@ -224,8 +224,9 @@ def test_task_weights_flag_defaults_to_the_recipe_and_rejects_bad_json_or_unknow
     assert config_from_args(_flags("--task-weights", '{"vqav2": 0.5}')).task_weights == {"vqav2": 0.5}
     with pytest.raises(ReproError, match="not JSON"):
         config_from_args(_flags("--task-weights", "pope=3"))
-    with pytest.raises(ReproError, match="non-negative numbers"):
-        config_from_args(_flags("--task-weights", '{"pope": -1}'))
+    for bad in ('{"pope": -1}', '{"pope": true}', "[3]"):
+        with pytest.raises(ReproError, match="non-negative numbers"):
+            config_from_args(_flags("--task-weights", bad))
     with pytest.raises(ReproError, match=r"unknown tasks \['popee'\].*pope"):
         config_from_args(_flags("--task-weights", '{"popee": 3}'))
 

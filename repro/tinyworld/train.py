@@ -426,12 +426,9 @@ class PatchHeads(torch.nn.Module):
         f = torch.nn.functional
         loss = sum(f.cross_entropy(head(features[:, 1:]).float().flatten(0, 1), labels[k].flatten())
                    for k, head in self.heads.items())
-        if self.scene_heads is not None:
-            present = {k: f.one_hot(labels[k], head.out_features + 1).amax(1)[:, 1:].float()
-                       for k, head in self.scene_heads.items()}
-            loss = loss + self.cls_weight * sum(
-                f.binary_cross_entropy_with_logits(head(features[:, 0]).float(), present[k])
-                for k, head in self.scene_heads.items())
+        for k, head in (self.scene_heads or {}).items():
+            present = f.one_hot(labels[k], head.out_features + 1).amax(1)[:, 1:].float()  # (batch, classes)
+            loss = loss + self.cls_weight * f.binary_cross_entropy_with_logits(head(features[:, 0]).float(), present)
         return loss
 
 
@@ -793,7 +790,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         except json.JSONDecodeError as e:
             raise ReproError(f"--task-weights {args.task_weights!r} is not JSON ({e}); "
                              "give an object such as '{\"pope\": 3}'") from e
-        if not (isinstance(weights, dict) and all(isinstance(w, (int, float)) and w >= 0 for w in weights.values())):
+        if not isinstance(weights, dict) or not all(
+                isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in weights.values()):
             raise ReproError(f"--task-weights must be a JSON object of non-negative numbers, got {args.task_weights!r}")
         from .suite import TASKS
 
