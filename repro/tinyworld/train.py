@@ -106,7 +106,6 @@ class TrainConfig:
     compile: bool = True  # torch.compile stages 2/3, eager attention: 1.5x faster a step (not bit-identical to eager)
     letter_steps: int = 0  # text-only stage before stage 2 on `letter_rows` (measured: a net loss, README)
     letter_mix: int = 0  # letter rows added to every stage-2/3 step as a second forward (measured: a net loss)
-    letters_after_captions: bool = False  # run the letter stage between stages 2 and 3 instead of before 2
 
 
 # ------------------------------------------------------------------ prompts and tokenizer
@@ -650,15 +649,10 @@ def train(cfg: TrainConfig, out: Path, *, data_dir: Path, device: str = "cpu", t
         model.model.vision_tower.requires_grad_(False)
     step_model = torch.compile(model) if cfg.compile else model  # shares the parameters; evaluation runs eager
     letter_batches = _batches(letter_enc, cfg.letter_mix, rng) if cfg.letter_mix else None
-
-    def letter_stage() -> None:
-        if cfg.letter_steps:
-            fixed = _batches(letter_enc, cfg.batch_size, rng)
-            history["letters"] = fit(step_model, lambda: [next(fixed)], cfg.letter_steps, train_batcher, cfg, dev,
-                                     "letters", evaluate, eval_every)
-
-    if not cfg.letters_after_captions:
-        letter_stage()
+    if cfg.letter_steps:
+        fixed = _batches(letter_enc, cfg.batch_size, rng)
+        history["letters"] = fit(step_model, lambda: [next(fixed)], cfg.letter_steps, train_batcher, cfg, dev,
+                                 "letters", evaluate, eval_every)
 
     def with_letters(items: list[Encoded]) -> list[list[Encoded]]:
         return [items, next(letter_batches)] if letter_batches else [items]
@@ -667,8 +661,6 @@ def train(cfg: TrainConfig, out: Path, *, data_dir: Path, device: str = "cpu", t
         scene_batches = _batches(cap_enc, cfg.batch_size, rng)
         history["caption"] = fit(step_model, lambda: with_letters(next(scene_batches)), cfg.caption_steps,
                                  train_batcher, cfg, dev, "caption", evaluate, eval_every)
-    if cfg.letters_after_captions:
-        letter_stage()
     n_caption = round(cfg.batch_size * cfg.caption_mix) if cap_enc else 0
     task_batches = _batches(train_enc, cfg.batch_size - n_caption, rng, order=lambda: _order(train_enc, cfg, rng))
     caption_batches = _batches(cap_enc, n_caption, rng) if n_caption else None
