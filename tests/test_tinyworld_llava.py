@@ -107,12 +107,14 @@ def test_unknown_name_lists_tinyworld_llava():
 
 @pytest.fixture(scope="module")
 def val_rows(tmp_path_factory):
-    """Validation rows of yes/no and short-answer tasks, with their lmms-eval prompts."""
+    """Validation rows of yes/no and short-answer tasks, with their lmms-eval prompts: 48 a task, so
+    192 (at 24 a task the greedy accuracy's sampling error, about 0.05, was as large as the effects
+    asked for)."""
     from repro.tinyworld.train import task_objects
 
     data = tmp_path_factory.mktemp("tw_val")
     keys = ["pope", "vqav2", "gqa", "easyvqa"]
-    tw.build(data, seed=0, sizes=tw.SplitSizes(train=2, validation=24, test=2), tasks=keys)
+    tw.build(data, seed=0, sizes=tw.SplitSizes(train=2, validation=48, test=2), tasks=keys)
     tasks = task_objects(data, keys)
     rows = []
     for key in keys:
@@ -138,12 +140,12 @@ def test_accuracy_falls_when_random_visual_tokens_are_dropped(greedy_accuracy):
 
 
 def test_greedy_accuracy_meets_the_target(greedy_accuracy):
-    """Issue 4's short-answer / yes-no target (the shipped checkpoint: 0.73)."""
+    """Issue 4's short-answer / yes-no target (the shipped checkpoint: 0.72)."""
     assert greedy_accuracy["full"] >= 0.7, greedy_accuracy
 
 
 CLS_UNTRAINED = ("measured on the shipped tinyworld-llava: VisPruner's [CLS] attention does not rank the visual "
-                 "tokens better than its inverse (mean KL 0.206 vs 0.229, one-sided Wilcoxon p = 0.13 over 96 "
+                 "tokens better than its inverse (mean KL 0.195 vs 0.199, one-sided Wilcoxon p = 0.996 over 192 "
                  "samples): no loss trains [CLS] to summarise the image here (stage 1 scores patch tokens, LLaVA "
                  "drops [CLS]; repro/tinyworld/README.md); strict, so a checkpoint where it does turns this into a "
                  "failure to remove")
