@@ -203,6 +203,26 @@ def _reported_scale(record: dict | None, benchmark: str) -> float | None:
 
 # --------------------------------------------------------------------------- command
 
+def environment_note(records: list[dict | None]) -> str | None:
+    """A line naming the stored cells computed under another lock, or off the lock, than this checkout."""
+    from repro.environment import lock_sha256
+
+    current = lock_sha256()
+    found = [r["provenance"] for r in records if r is not None]
+    other = [p.get("lock_sha256", "unrecorded") for p in found if p.get("lock_sha256", "unrecorded") != current]
+    off = sum(bool(p.get("lock_departures")) for p in found)
+    if not other and not off:
+        return None
+    parts = []
+    if other:
+        shas = ", ".join(f"{sha} ({other.count(sha)})" for sha in sorted(set(other)))
+        parts.append(f"{len(other)} of {len(found)} cells were computed under another lock than this checkout's "
+                     f"{current}: {shas}")
+    if off:
+        parts.append(f"{off} of {len(found)} cells in an environment that departs from its lock "
+                     "(record provenance.lock_departures)")
+    return "environment: " + "; ".join(parts) + "; a difference may come from package versions"
+
 def format_rows(rows: list[CheckRow]) -> list[dict]:
     def num(x: float | str | None) -> str:
         if isinstance(x, str):
@@ -242,10 +262,16 @@ def run_check(*, profile: str, spec_path: str | None, store: str | None, referen
     table = format_rows(rows)
     from repro.cli import _format_table
 
+    cells = expand(spec) if profile == "tiny" else [c for path in ([spec_path] if spec_path else PAPER_SPECS)
+                                                   for c in expand(load_spec(path))]
+
     print(_format_table(CHECK_COLUMNS[:-1], [[t[c] for c in CHECK_COLUMNS[:-1]] for t in table]))
     counts = {s: sum(r.status == s for r in rows) for s in ("pass", "fail", "missing")}
     print(f"check ({profile}): {counts['pass']} pass, {counts['fail']} fail, {counts['missing']} missing "
           f"of {len(rows)} reference values")
+    note = environment_note([store_obj.read(c.key) for c in cells])
+    if note:
+        print(note)
     if out:
         from repro.report.tables import write_table
 

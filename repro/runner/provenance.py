@@ -1,4 +1,4 @@
-"""Where a record came from: git commit, package versions, device, dtype, backend, host."""
+"""Where a record came from: git commit, package versions and lock, device, dtype, backend, host."""
 
 from __future__ import annotations
 
@@ -42,5 +42,8 @@ def device_name(device: str) -> str:
 
 
 def provenance(device: str, dtype: str, attn: str, commit: str) -> dict:
-    return {"git_commit": commit, "packages": packages(), "device": device, "device_name": device_name(device),
+    from repro.environment import environment_departures, lock_sha256
+
+    return {"git_commit": commit, "packages": packages(), "lock_sha256": lock_sha256(),
+            "lock_departures": environment_departures(), "device": device, "device_name": device_name(device),
             "dtype": dtype, "attn": attn, "python": platform.python_version(), "host": platform.node()}
