@@ -31,7 +31,9 @@ def search_options(entry: MethodEntry | Cell, where: str = "sweep spec"):
     unknown = sorted(set(search) - SEARCH_KEYS)
     if unknown:
         raise ReproError(f"{where}: unknown dop search key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(SEARCH_KEYS))}")
-    source, samples = str(search.pop("calibration", "tinyworld")), int(search.pop("samples", 25))
+    source, samples = str(search.pop("calibration", "tinyworld")), search.pop("samples", 25)
+    if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
+        raise ReproError(f"{where}: search samples must be a whole number >= 1, got {samples!r}")
     reducer = entry.options.get("reducer", "vispruner")
     try:
         options = SearchOptions(reducer=reducer, **search)

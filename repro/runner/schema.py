@@ -1,0 +1,189 @@
+"""The declared schema of a sweep spec (pydantic), checked before any model or data loads.
+
+Every field has a type, a range or a set of allowed values; unknown keys are errors; nothing is
+coerced (`limit: 0.02` is not a fraction, `limit: 4.5` is not 4, `seeds: [0.5]` is not seed 0).
+`problems(raw)` returns every bad field at once, each as `field: what is wrong; the fix`, so a user
+fixes a spec in one pass. The semantic checks that need the registries (models, tasks, method
+options) live in repro.runner.spec; device availability in `device_problem`, checked when a sweep
+starts (a dry run plans a GPU spec on a CPU machine).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator
+
+PROFILES = ("tiny", "paper")
+SPLITS = ("test", "validation")
+DTYPES = ("float32", "bfloat16", "float16")
+ATTNS = ("sdpa", "eager", "flash_attention_2")
+FIGURES = ("dop-curves", "dop-proxy")
+DEVICE_PATTERN = r"^(cpu|cuda(:\d+)?)$"
+
+# What a valid value looks like, per field: the fix an error names.
+FIX = {
+    "profile": f"one of {', '.join(PROFILES)}",
+    "table": "a table name (text), e.g. main",
+    "description": "text",
+    "models": "a list of model names (see `python -m repro models`), e.g. [tinyworld-llava]",
+    "tasks": "a list of task names or a group (tinyworld, paper)",
+    "split": f"one of {', '.join(SPLITS)}",
+    "limit": "a whole number of documents per task >= 1, or null for all of them",
+    "seeds": "a list of whole numbers >= 0, e.g. [0, 1]",
+    "dtype": f"one of {', '.join(DTYPES)}",
+    "attn": f"one of {', '.join(ATTNS)}",
+    "device": "cpu, cuda or cuda:N",
+    "budgets": "a list of budgets (tokens:N, ratio:R, tflops:X), or a mapping model -> list with an optional `default`",
+    "methods": "a list of methods, each `- name: NAME` with optional options, budgets, search, label",
+    "revision": "a hub revision (text), e.g. main",
+    "staged": "a folder of staged paper datasets (text)",
+    "figures": f"a list of: {', '.join(FIGURES)}",
+    "threads": "a whole number of CPU threads >= 1",
+    "name": "a registered method (see `python -m repro methods`) or none",
+    "options": "a mapping of option -> value, e.g. {k: 1}",
+    "search": "a mapping of DOP search options, e.g. {samples: 32}",
+    "label": "text",
+}
+
+Text = StrictStr
+Positive = Annotated[StrictInt, Field(ge=1)]
+NonNegative = Annotated[StrictInt, Field(ge=0)]
+
+
+def _listed(value: Any) -> Any:
+    """A single scalar stands for a one-element list (`seeds: 0` is `seeds: [0]`)."""
+    return [value] if isinstance(value, (str, int, float)) and not isinstance(value, bool) else value
+
+
+class MethodSchema(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: Text
+    options: dict[Text, Any] | None = None
+    budgets: Any = None  # checked by `budget_problems` (a list, or a mapping per model)
+    search: dict[Text, Any] | None = None
+    label: Text | None = None
+
+
+class SpecSchema(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    profile: Literal[PROFILES] = "tiny"  # type: ignore[valid-type]
+    table: Text | None = None
+    description: Text | None = None
+    models: list[Text]
+    tasks: list[Text]
+    split: Literal[SPLITS] = "test"  # type: ignore[valid-type]
+    limit: Positive | None = None
+    seeds: list[NonNegative] = [0]
+    dtype: Literal[DTYPES] = "float32"  # type: ignore[valid-type]
+    attn: Literal[ATTNS] = "sdpa"  # type: ignore[valid-type]
+    device: Annotated[Text, Field(pattern=DEVICE_PATTERN)] = "cpu"
+    budgets: Any = None  # checked by `budget_problems`
+    methods: list[MethodSchema]
+    revision: Text = "main"
+    staged: Text | None = None
+    figures: list[Literal[FIGURES]] = []  # type: ignore[valid-type]
+    threads: Positive | None = None
+
+    @field_validator("models", "tasks", "seeds", "figures", mode="before")
+    @classmethod
+    def _one_is_a_list(cls, value: Any) -> Any:
+        return _listed(value)
+
+    @field_validator("methods", mode="before")
+    @classmethod
+    def _names_are_methods(cls, value: Any) -> Any:
+        """`- fastv` is `- name: fastv`."""
+        value = _listed(value)
+        return [{"name": m} if isinstance(m, str) else m for m in value] if isinstance(value, list) else value
+
+
+def problems(raw: dict[str, Any]) -> list[str]:
+    """Every schema violation of a raw spec mapping, as `field: problem; fix` lines."""
+    try:
+        SpecSchema.model_validate(raw)
+        out = []
+    except ValidationError as err:
+        out = [_describe(e) for e in err.errors()]
+    out += budget_problems(raw.get("budgets"), "budgets", raw.get("models"))
+    for i, m in enumerate(raw.get("methods") or [] if isinstance(raw.get("methods"), list) else []):
+        if isinstance(m, dict):
+            out += budget_problems(m.get("budgets"), f"methods.{i}.budgets", raw.get("models"))
+            if m.get("name") == "none" and (m.get("options") or m.get("budgets") or m.get("search")):
+                out.append(f"methods.{i}: `none` is the unpruned model and takes no options, budgets or search; "
+                           "remove them")
+    seeds = _listed(raw.get("seeds"))
+    if isinstance(seeds, list):
+        duplicates = sorted({s for s in seeds if isinstance(s, int) and seeds.count(s) > 1})
+        if duplicates:
+            out.append(f"seeds: {duplicates} listed twice; list each seed once")
+    return list(dict.fromkeys(out))
+
+
+def budget_problems(value: Any, where: str, models: Any) -> list[str]:
+    """A budget list (or model -> list mapping) whose every entry parses as a budget."""
+    from repro.budget import as_budget
+    from repro.errors import ReproError
+
+    if value is None:
+        return []
+    if isinstance(value, dict):
+        known = set(_listed(models) or []) if isinstance(_listed(models), list) else set()
+        out = []
+        for model, budgets in value.items():
+            if model != "default" and known and model not in known:
+                out.append(f"{where}.{model}: not a model of this spec ({', '.join(map(str, sorted(known)))}); "
+                           "use one of them or `default`")
+            out += budget_problems(budgets, f"{where}.{model}", None) if not isinstance(budgets, dict) else \
+                [f"{where}.{model}: {FIX['budgets']}"]
+        return out
+    values = _listed(value)
+    if not isinstance(values, list):
+        return [f"{where}: got {type(value).__name__}; use {FIX['budgets']}"]
+    out = []
+    for i, b in enumerate(values):
+        if not isinstance(b, str):
+            out.append(f"{where}.{i}: {b!r} is not a budget; use tokens:N, ratio:R or tflops:X (e.g. ratio:0.5)")
+            continue
+        try:
+            as_budget(b)
+        except ReproError as err:
+            out.append(f"{where}.{i}: {err}")
+    return out
+
+
+def _describe(error: dict) -> str:
+    loc = [str(p) for p in error["loc"]]
+    field = ".".join(loc) or "spec"
+    named = next((p for p in reversed(loc) if p in FIX), None)
+    fix = FIX.get(named, "") if named else ""
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        allowed = sorted(MethodSchema.model_fields if len(loc) > 1 and loc[0] == "methods" else SpecSchema.model_fields)
+        return f"{field}: unknown key; allowed: {', '.join(allowed)}"
+    if kind == "missing":
+        return f"{field}: missing; give {fix}"
+    got = error.get("input")
+    return f"{field}: {got!r} is not valid ({error['msg'].lower()}); use {fix}" if fix else \
+        f"{field}: {got!r} is not valid ({error['msg'].lower()})"
+
+
+def device_problem(device: str) -> str | None:
+    """Why `device` cannot run here (no GPU, or no GPU of that index), or None."""
+    import re
+
+    if not re.match(DEVICE_PATTERN, str(device)):
+        return f"device {device!r} is not valid; use {FIX['device']}"
+    if not str(device).startswith("cuda"):
+        return None
+    import torch
+
+    if not torch.cuda.is_available():
+        return f"device {device} asks for a GPU but none is visible; use device: cpu, or run on a GPU machine"
+    index = int(str(device).partition(":")[2] or 0)
+    if index >= torch.cuda.device_count():
+        return (f"device {device}: only {torch.cuda.device_count()} GPU(s) visible; "
+                f"use cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+    return None
