@@ -78,10 +78,53 @@ def load_tolerances(path: Path | str, registry: str) -> dict[str, float]:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise ReproError(f"no tolerance file at {path} (paper_tables/tolerances.yaml in the repository)") from None
-    table = data.get(registry)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise ReproError(f"cannot read tolerances {path} ({type(err).__name__}); "
+                         "give a YAML file like paper_tables/tolerances.yaml") from None
+    table = data.get(registry) if isinstance(data, dict) else None
     if not isinstance(table, dict) or "default" not in table:
         raise ReproError(f"{path}: needs a `{registry}:` mapping with a `default` tolerance")
+    bad = [str(k) for k, v in table.items() if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0]
+    if bad:
+        raise ReproError(f"{path}: tolerance(s) {', '.join(bad)} of `{registry}` must be numbers >= 0")
     return {str(k): float(v) for k, v in table.items()}
+
+
+REPORTED_COLUMNS = ["source", "source_table", "model", "method", "budget_kind", "budget_value", "benchmark", "metric",
+                    "value"]
+
+
+def read_registry(path: Path, columns: list[str]) -> list[dict]:
+    """The rows of a reference CSV; ReproError naming the file and its missing columns when it is not one."""
+    try:
+        with Path(path).open(encoding="utf-8", newline="") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in columns if c not in (reader.fieldnames or [])]
+            if missing:
+                raise ReproError(f"reference {path} is not a registry: column(s) {', '.join(missing)} missing "
+                                 f"(expected a CSV with the header {','.join(columns)})")
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise ReproError(f"cannot read reference {path} ({type(err).__name__}); give a CSV registry "
+                         f"with the header {','.join(columns)}") from None
+    short = next((i for i, r in enumerate(rows, start=2) if None in r.values() or None in r), None)
+    if short is not None:
+        raise ReproError(f"reference {path}: line {short} has another number of fields than the header")
+    return rows
+
+
+def reported_registries(registry: Path) -> list[Path]:
+    """The CSVs of a reported-numbers folder (or the one CSV given), each checked."""
+    registry = Path(registry)
+    if registry.is_file():
+        paths = [registry]
+    elif registry.is_dir():
+        paths = sorted(registry.glob("*.csv"))
+    else:
+        raise ReproError(f"no reference at {registry}; give a CSV or a folder of them (default {REPORTED})")
+    for path in paths:
+        read_registry(path, REPORTED_COLUMNS)
+    return paths
 
 
 def tolerance(tols: dict[str, float], metric: str) -> float:
@@ -138,8 +181,7 @@ def write_golden(rows: list[dict], path: Path) -> Path:
 def compare_golden(spec: Spec, store: Store, golden: Path, tols: dict[str, float]) -> list[CheckRow]:
     if not golden.is_file():
         raise ReproError(f"no golden registry at {golden}; create it with `{UPDATE_COMMAND}`")
-    with golden.open(encoding="utf-8") as f:
-        reference = list(csv.DictReader(f))
+    reference = read_registry(golden, GOLDEN_COLUMNS)
     ours = {_golden_key(r): r for r in golden_rows(spec, store)}
     stale = {(r["model"], r["model_revision"]) for r in reference} - {(r["model"], r["model_revision"]) for r in ours.values()}
     if stale:
@@ -168,28 +210,35 @@ def compare_reported(spec: Spec, store: Store, registry: Path, tols: dict[str, f
     """Every reported row whose (model, method, budget, benchmark) is a cell of `spec`."""
     cells = _cells_by_identity(expand(spec))
     out = []
-    for path in sorted(registry.glob("*.csv")):
-        with path.open(encoding="utf-8") as f:
-            for r in csv.DictReader(f):
-                ident = _reported_identity(r)
-                if ident is None or ident not in cells or not r["value"]:
-                    continue
-                values = [_reported_scale(store.read(c.key), ident[3]) for c in cells[ident]]
-                values = [v for v in values if v is not None]
-                mine = sum(values) / len(values) if values else None
-                out.append(CheckRow(ident[0], r["method"], ident[2], ident[3], r["metric"], float(r["value"]), mine,
-                                    tolerance(tols, r["metric"]), f"{path.name}: {r['source_table']}"))
+    for path in reported_registries(registry):
+        for line, r in enumerate(read_registry(path, REPORTED_COLUMNS), start=2):
+            ident = _reported_identity(r, f"{path}: line {line}")
+            if ident is None or ident not in cells or not r["value"]:
+                continue
+            values = [_reported_scale(store.read(c.key), ident[3]) for c in cells[ident]]
+            values = [v for v in values if v is not None]
+            mine = sum(values) / len(values) if values else None
+            out.append(CheckRow(ident[0], r["method"], ident[2], ident[3], r["metric"],
+                                _number(r["value"], f"{path}: line {line}: value"), mine,
+                                tolerance(tols, r["metric"]), f"{path.name}: {r['source_table']}"))
     return out
 
 
-def _reported_identity(r: dict) -> tuple | None:
+def _number(text: str, where: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ReproError(f"{where} is {text!r}, not a number; fix the reference file") from None
+
+
+def _reported_identity(r: dict, where: str) -> tuple | None:
     model, method, bench = MODELS.get(r["model"]), METHODS.get(r["method"]), BENCHMARKS.get(r["benchmark"])
     if None in (model, method, bench) or r["metric"] not in COMPARABLE:
         return None
     if r["budget_kind"] == "all_visual_tokens":
         budget = "-"
     elif r["budget_kind"] == "retained_visual_tokens":
-        budget = f"tokens:{int(float(r['budget_value']))}"
+        budget = f"tokens:{int(_number(r['budget_value'], where + ': budget_value'))}"
     else:
         return None
     return (model, method, budget, bench)
@@ -208,7 +257,7 @@ def environment_note(records: list[dict | None]) -> str | None:
     from repro.environment import lock_sha256
 
     current = lock_sha256()
-    found = [r["provenance"] for r in records if r is not None]
+    found = [r.get("provenance") or {} for r in records if r is not None]
     other = [p.get("lock_sha256", "unrecorded") for p in found if p.get("lock_sha256", "unrecorded") != current]
     off = sum(bool(p.get("lock_departures")) for p in found)
     if not other and not off:
@@ -244,10 +293,23 @@ def run_check(*, profile: str, spec_path: str | None, store: str | None, referen
     from repro.runner.sweep import default_store, run_sweep
 
     store_obj = Store(store or default_store(profile))
-    if profile == "tiny":
+    if out:
+        from repro.paths import check_output_dir
+
+        check_output_dir(out, "--out")
+    if profile == "tiny":  # everything a user gives is checked before the sweep computes anything
         spec = load_spec(spec_path or REPO / "sweeps" / "tiny" / "golden.yaml")
-        run_sweep(spec, store_obj.root, progress=False)
         golden = Path(reference) if reference else GOLDEN
+        if update_golden:
+            from repro.paths import check_output_file
+
+            check_output_file(golden, "--reference")
+        else:
+            load_tolerances(tolerances, "golden")
+            if not golden.is_file():
+                raise ReproError(f"no golden registry at {golden}; create it with `{UPDATE_COMMAND}`")
+            read_registry(golden, GOLDEN_COLUMNS)
+        run_sweep(spec, store_obj.root, progress=False)
         if update_golden:
             print(f"wrote {write_golden(golden_rows(spec, store_obj), golden)}")
             return 0
@@ -256,6 +318,7 @@ def run_check(*, profile: str, spec_path: str | None, store: str | None, referen
         if update_golden:
             raise ReproError("--update-golden is for the tiny profile (the paper profile compares published numbers)")
         tols = load_tolerances(tolerances, "reported")
+        reported_registries(Path(reference) if reference else REPORTED)
         rows = []
         for path in [spec_path] if spec_path else PAPER_SPECS:
             rows += compare_reported(load_spec(path), store_obj, Path(reference) if reference else REPORTED, tols)

@@ -35,11 +35,29 @@ class Command:
     run: Callable[[argparse.Namespace], int]
 
 
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+class _Parser(argparse.ArgumentParser):
+    """argparse with a usage error as one line: `error: <what>; see <prog> --help`."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(USER_ERROR_EXIT, f"error: {message}; see `{self.prog} --help`\n")
+
+
+def _whole_number(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= {low}, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= {low}, got {value}")
     return value
+
+
+def _non_negative_int(text: str) -> int:
+    return _whole_number(text, 0)
+
+
+def _positive_int(text: str) -> int:
+    return _whole_number(text, 1)
 
 
 def _format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -139,7 +157,9 @@ def _run_flops(args: argparse.Namespace) -> int:
     models = _selected_models(args.model)
     if args.table:
         from repro.flops_table import write_flops_table
+        from repro.paths import check_output_dir
 
+        check_output_dir(args.out, "--out")
         for path in write_flops_table(args.out, models, args.text_tokens):
             print(f"wrote {path}")
         return 0
@@ -220,14 +240,10 @@ def _configure_generate(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_generate(args: argparse.Namespace) -> int:
-    from PIL import Image, UnidentifiedImageError
-
     import repro
+    from repro.models.model import read_image
 
-    try:
-        images = [Image.open(path).convert("RGB") for path in args.image]
-    except (OSError, UnidentifiedImageError) as err:
-        raise ReproError(f"cannot read image: {err}") from None
+    images = [read_image(path) for path in args.image]
     method = repro.method(args.method, args.budget) if args.method else None
     if method is None and args.budget:
         raise ReproError("--budget needs --method")
@@ -252,12 +268,12 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budgets", default="ratio:0.14,ratio:0.23", help="comma-separated ratio:R / tflops:X")
     parser.add_argument("--mha-semantics", default="drop", help="drop (default) or query_skip")
     parser.add_argument("--kl-direction", default="forward", help="forward (default) or reverse")
-    parser.add_argument("--kl-tokens", type=int, default=1, help="answer tokens the KL averages over (default 1)")
+    parser.add_argument("--kl-tokens", type=_positive_int, default=1, help="answer tokens the KL averages over (default 1)")
     parser.add_argument("--interpolation", default="linear", help="linear (default) or pchip (monotone cubic)")
     parser.add_argument("--groups", default="single",
                         help="single (default: one visual group) or reducer (D_A, D_P per reducer token group)")
-    parser.add_argument("--depth-step", type=int, default=4, help="layers between sampled depths (ends included)")
-    parser.add_argument("--visual-points", type=int, default=8, help="sampled visual-token counts")
+    parser.add_argument("--depth-step", type=_positive_int, default=4, help="layers between sampled depths (ends included)")
+    parser.add_argument("--visual-points", type=_positive_int, default=8, help="sampled visual-token counts")
 
 
 def _search_options(args: argparse.Namespace):
@@ -280,7 +296,7 @@ def _budget_list(text: str) -> list[str]:
 def _configure_search(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("method", choices=["dop"], help="the method whose policy is searched")
     parser.add_argument("--model", required=True)
-    parser.add_argument("--samples", type=_non_negative_int, default=25)
+    parser.add_argument("--samples", type=_positive_int, default=25)
     parser.add_argument("--out", required=True, help="artifact path (JSON)")
     _add_search_options(parser)
 
@@ -290,6 +306,9 @@ def _run_search(args: argparse.Namespace) -> int:
     from repro.calibration import calibration_samples
     from repro.methods.dop.search import save_artifact, search
 
+    from repro.paths import check_output_file
+
+    check_output_file(args.out, "--out")
     options = _search_options(args)
     model = repro.load(args.model)
     samples = calibration_samples(args.calibration, args.samples)
@@ -320,17 +339,20 @@ def _configure_analyze(parser: argparse.ArgumentParser) -> None:
                         help="dop-proxy: the model (default: the artifact's); dop-samples: the model; "
                              "dop-transfer: the source model")
     parser.add_argument("--target-model", default=None, help="dop-transfer: the model the policy is applied to")
-    parser.add_argument("--policies", type=_non_negative_int, default=200, help="dop-proxy: random feasible policies")
+    parser.add_argument("--policies", type=_positive_int, default=200, help="dop-proxy: random feasible policies")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sample-counts", default="25,50,100", help="dop-samples: calibration sizes searched")
-    parser.add_argument("--samples", type=_non_negative_int, default=25, help="dop-transfer: calibration samples")
-    parser.add_argument("--heldout", type=_non_negative_int, default=25,
+    parser.add_argument("--samples", type=_positive_int, default=25, help="dop-transfer: calibration samples")
+    parser.add_argument("--heldout", type=_positive_int, default=25,
                         help="dop-samples, dop-transfer: held-out samples (after the calibration ones) for the true KL")
     parser.add_argument("--out", default="results/dop", help="output folder for CSV + PNG (default results/dop)")
     _add_search_options(parser)
 
 
 def _run_analyze(args: argparse.Namespace) -> int:
+    from repro.paths import check_output_dir
+
+    check_output_dir(args.out, "--out")
     if args.analysis in ("dop-proxy", "dop-curves"):
         paths = _run_artifact_analysis(args)
     else:
@@ -418,10 +440,10 @@ def _configure_latency(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image", default=None, help="a real image file instead of the synthetic one")
     parser.add_argument("--protocol", default=None, choices=["native", "fixed"],
                         help="LLaVA-NeXT: 'fixed' is the 672x672 / 2880-token protocol of VisPruner and CDPruner")
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--answer-tokens", type=int, default=16, help="fixed answer length for decode/end-to-end")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's); recorded")
+    parser.add_argument("--repeats", type=_positive_int, default=20)
+    parser.add_argument("--warmup", type=_non_negative_int, default=3)
+    parser.add_argument("--answer-tokens", type=_positive_int, default=16, help="fixed answer length for decode/end-to-end")
+    parser.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: torch's); recorded")
     parser.add_argument("--out", default=None, help="write latency.{md,tex,csv} and records JSON here")
 
 
@@ -456,6 +478,10 @@ def _run_latency(args: argparse.Namespace) -> int:
     from repro.report.tables import write_table
 
     check_device(args.device)
+    if args.out:
+        from repro.paths import check_output_dir
+
+        check_output_dir(args.out, "--out")
     if args.threads:
         import torch
 
@@ -489,12 +515,9 @@ def _run_latency(args: argparse.Namespace) -> int:
 
 
 def _read_image(path: str):
-    from PIL import Image, UnidentifiedImageError
+    from repro.models.model import read_image
 
-    try:
-        return Image.open(path).convert("RGB")
-    except (OSError, UnidentifiedImageError) as err:
-        raise ReproError(f"cannot read image: {err}") from None
+    return read_image(path)
 
 
 def _fmt(value) -> str:
@@ -508,22 +531,22 @@ def _configure_sweep(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("spec", help="a sweep spec, e.g. sweeps/tiny/main.yaml")
     parser.add_argument("--store", default=None, help="results store (default results/<profile>/store)")
     parser.add_argument("--models", default=None, help="comma-separated subset of the spec's models")
-    parser.add_argument("--limit", type=_non_negative_int, default=None, help="override the spec's documents per task")
+    parser.add_argument("--limit", type=_positive_int, default=None, help="override the spec's documents per task")
     parser.add_argument("--executor", choices=["local", "slurm"], default="local",
                         help="local: in this process (default); slurm: submitit jobs")
     parser.add_argument("--slurm-partition", default=None)
     parser.add_argument("--gpus-per-job", type=_non_negative_int, default=1)
-    parser.add_argument("--cpus-per-job", type=_non_negative_int, default=8)
-    parser.add_argument("--rows-per-job", type=_non_negative_int, default=1,
+    parser.add_argument("--cpus-per-job", type=_positive_int, default=8)
+    parser.add_argument("--rows-per-job", type=_positive_int, default=1,
                         help="rows (model x method x budget x seed, all tasks) per SLURM job")
-    parser.add_argument("--slurm-timeout-min", type=_non_negative_int, default=24 * 60)
+    parser.add_argument("--slurm-timeout-min", type=_positive_int, default=24 * 60)
     parser.add_argument("--slurm-cluster", choices=["slurm", "local", "debug"], default=None,
                         help="submitit cluster (default: SLURM when available); 'local' runs the jobs as local processes")
     parser.add_argument("--staged", default=None, help="paper profile: staged datasets (default: the spec's, else data/staged)")
     parser.add_argument("--data-dir", default=None, help="tiny profile: tiny-world data (default: the per-user cache)")
     parser.add_argument("--tables", default=None, help="table folder (default paper_tables/<profile>)")
     parser.add_argument("--figures", default=None, help="figure folder (default results/<profile>/figures)")
-    parser.add_argument("--threads", type=_non_negative_int, default=None, help="torch CPU threads (default: the spec's `threads`)")
+    parser.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: the spec's `threads`)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and the missing inputs; compute nothing")
 
 
@@ -541,8 +564,11 @@ def _run_sweep(args: argparse.Namespace) -> int:
         plan = make_plan(spec, staged)
         print("\n".join(plan.lines()))
         return 0
+    from repro.paths import check_output_dir
     from repro.runner.executors import SlurmOptions
 
+    tables = check_output_dir(args.tables or default_tables_dir(spec.profile), "--tables")
+    figures = check_output_dir(args.figures or default_figures_dir(spec.profile), "--figures")
     store = Path(args.store) if args.store else default_store(spec.profile)
     slurm = SlurmOptions(partition=args.slurm_partition, gpus_per_job=args.gpus_per_job, cpus_per_job=args.cpus_per_job,
                          timeout_min=args.slurm_timeout_min, rows_per_job=args.rows_per_job, cluster=args.slurm_cluster)
@@ -552,8 +578,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
 
     if not is_main():  # a non-zero rank under `accelerate launch`: rank 0 writes the reports
         return 0
-    for path in write_reports(spec, Store(store), args.tables or default_tables_dir(spec.profile),
-                              args.figures or default_figures_dir(spec.profile)):
+    for path in write_reports(spec, Store(store), tables, figures):
         print(f"wrote {path}")
     return 0
 
@@ -571,10 +596,14 @@ def _run_tables(args: argparse.Namespace) -> int:
     from repro.runner.store import Store
     from repro.runner.sweep import default_store
 
+    from repro.paths import check_output_dir
+
     spec = load_spec(args.spec)
     store = Store(args.store or default_store(spec.profile))
-    for path in write_reports(spec, store, args.tables or default_tables_dir(spec.profile),
-                              args.figures or default_figures_dir(spec.profile)):
+    store.check_usable(writing=False)
+    tables = check_output_dir(args.tables or default_tables_dir(spec.profile), "--tables")
+    figures = check_output_dir(args.figures or default_figures_dir(spec.profile), "--figures")
+    for path in write_reports(spec, store, tables, figures):
         print(f"wrote {path}")
     return 0
 
@@ -623,11 +652,11 @@ COMMANDS: "MappingProxyType[str, Command]" = MappingProxyType(
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with one subparser per entry of COMMANDS."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m repro",
         description="Reproduction harness for DOP (arXiv 2507.02909) and visual-token-pruning baselines.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
     for name, command in COMMANDS.items():
         sub_parser = sub.add_parser(name, help=command.help, description=command.help)
         command.configure(sub_parser)
@@ -635,12 +664,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; user errors print `error: ...` and return 2."""
-    args = build_parser().parse_args(argv)
+    """Run one command; user errors print one line, `error: ...`, and return 2. An OSError about
+    a path the user gave (permissions, a file where a folder belongs, a full disk) is a user error
+    too; any other exception is our bug and keeps its traceback."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:  # --help (0) or a usage error, already printed as one line
+        return int(stop.code or 0)
     try:
         return COMMANDS[args.command].run(args)
     except ReproError as err:
         print(f"error: {err}", file=sys.stderr)
+        return USER_ERROR_EXIT
+    except OSError as err:
+        if err.filename is None:
+            raise
+        print(f"error: {err.filename}: {err.strerror or err}; check the path and its permissions", file=sys.stderr)
         return USER_ERROR_EXIT
 
 

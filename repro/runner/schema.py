@@ -4,8 +4,8 @@ Every field has a type, a range or a set of allowed values; unknown keys are err
 coerced (`limit: 0.02` is not a fraction, `limit: 4.5` is not 4, `seeds: [0.5]` is not seed 0).
 `problems(raw)` returns every bad field at once, each as `field: what is wrong; the fix`, so a user
 fixes a spec in one pass. The semantic checks that need the registries (models, tasks, method
-options) live in repro.runner.spec; device availability in `device_problem`, checked when a sweep
-starts (a dry run plans a GPU spec on a CPU machine).
+options) live in repro.runner.spec; device availability (repro.devices) is checked when a sweep
+starts, since a dry run plans a GPU spec on a CPU machine.
 """
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator
 
+from repro.devices import DEVICE_FIX, DEVICE_PATTERN
+
 PROFILES = ("tiny", "paper")
 SPLITS = ("test", "validation")
 DTYPES = ("float32", "bfloat16", "float16")
 ATTNS = ("sdpa", "eager", "flash_attention_2")
 FIGURES = ("dop-curves", "dop-proxy")
-DEVICE_PATTERN = r"^(cpu|cuda(:\d+)?)$"
 
 # What a valid value looks like, per field: the fix an error names.
 FIX = {
@@ -33,7 +34,7 @@ FIX = {
     "seeds": "a list of whole numbers >= 0, e.g. [0, 1]",
     "dtype": f"one of {', '.join(DTYPES)}",
     "attn": f"one of {', '.join(ATTNS)}",
-    "device": "cpu, cuda or cuda:N",
+    "device": DEVICE_FIX,
     "budgets": "a list of budgets (tokens:N, ratio:R, tflops:X), or a mapping model -> list with an optional `default`",
     "methods": "a list of methods, each `- name: NAME` with optional options, budgets, search, label",
     "revision": "a hub revision (text), e.g. main",
@@ -168,22 +169,3 @@ def _describe(error: dict) -> str:
     got = error.get("input")
     return f"{field}: {got!r} is not valid ({error['msg'].lower()}); use {fix}" if fix else \
         f"{field}: {got!r} is not valid ({error['msg'].lower()})"
-
-
-def device_problem(device: str) -> str | None:
-    """Why `device` cannot run here (no GPU, or no GPU of that index), or None."""
-    import re
-
-    if not re.match(DEVICE_PATTERN, str(device)):
-        return f"device {device!r} is not valid; use {FIX['device']}"
-    if not str(device).startswith("cuda"):
-        return None
-    import torch
-
-    if not torch.cuda.is_available():
-        return f"device {device} asks for a GPU but none is visible; use device: cpu, or run on a GPU machine"
-    index = int(str(device).partition(":")[2] or 0)
-    if index >= torch.cuda.device_count():
-        return (f"device {device}: only {torch.cuda.device_count()} GPU(s) visible; "
-                f"use cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
-    return None

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from repro.errors import ReproError
+from repro.paths import nearest_existing, writable
 from repro.runner.spec import canonical_json
 
 log = logging.getLogger(__name__)
@@ -91,10 +92,10 @@ class Store:
         root = self.root
         if root.exists() and not root.is_dir():
             raise ReproError(f"store {root} is a file, not a folder; pass --store a folder (new or existing)")
-        existing = next((p for p in (root, *root.parents) if p.exists()), Path("."))
+        existing = nearest_existing(root)
         if not existing.is_dir():
             raise ReproError(f"store {root} is under {existing}, which is a file; pass --store a folder path")
-        if writing and not _writable(existing):
+        if writing and not writable(existing):
             raise ReproError(f"store {root} is not writable by this account ({existing} is read-only) and cells "
                              "are still to compute; give write permission, or pass --store a writable folder")
 
@@ -254,14 +255,3 @@ def _relative(obj: Any, pattern: re.Pattern) -> Any:
     if isinstance(obj, list):
         return [_relative(v, pattern) for v in obj]
     return pattern.sub("", obj) if isinstance(obj, str) else obj
-
-
-def _writable(folder: Path) -> bool:
-    """Whether this process can create files in `folder` (tried, not guessed: root, ACLs, read-only mounts)."""
-    try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".repro-probe.", suffix=".tmp")
-    except OSError:
-        return False
-    os.close(fd)
-    os.unlink(tmp)
-    return True

@@ -40,8 +40,10 @@ def check_data_dir(data_dir: Path | str | None) -> None:
     """A --data-dir that cannot hold the tiny world is an error before any compute."""
     if data_dir is None:
         return
+    from repro.paths import nearest_existing
+
     path = Path(data_dir)
-    existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    existing = nearest_existing(path)
     if not existing.is_dir():
         raise ReproError(f"--data-dir {path}: {existing} is a file; pass a folder (the tiny world is built there)")
 
@@ -55,7 +57,7 @@ def run_sweep(spec: Spec, store_root: Path | str, *, executor: str = "local", sl
     t0 = time.perf_counter()
     threads = threads or spec.threads
     staged = staged or spec.staged
-    from repro.runner.schema import device_problem
+    from repro.devices import device_problem
 
     problem = device_problem(spec.device)
     if problem:

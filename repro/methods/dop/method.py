@@ -79,6 +79,9 @@ class DOP(Method):
 
     def reduce(self, model, prepared, visual):
         n_visual = self.policy_for(model).n_visual
+        if self.policy is not None and n_visual > visual.patches.numel():
+            raise ReproError(f"DOP policy n_v={n_visual} exceeds the {visual.patches.numel()} visual tokens "
+                             f"{model.name} makes of this input; use n_v <= {visual.patches.numel()}")
         if n_visual >= visual.patches.numel() and not self.grouped(model):
             return visual
         reducer = build_method(self.reducer, f"tokens:{n_visual}", **self.reducer_options)
