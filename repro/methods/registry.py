@@ -66,11 +66,15 @@ def method(name: str, budget=None, **options) -> Method:
     spec = _REGISTRY.get(name)
     if spec is None:
         raise ReproError(f"unknown method {name!r}; registered: {', '.join(sorted(_REGISTRY))}")
+    try:
+        budget = as_budget(budget)
+    except ReproError as err:
+        raise ReproError(f"method {name!r}: budget {budget!r}: {err}") from None
     bad = option_problems(spec, options)
     if bad:
         raise ReproError(f"bad options for method {name!r}: {'; '.join(bad)}")
     try:
-        return spec.cls(budget=as_budget(budget), **options)
+        return spec.cls(budget=budget, **options)
     except (TypeError, ValueError) as err:
         raise ReproError(f"bad options for method {name!r}: {err}") from None
 

@@ -261,7 +261,7 @@ def check_spec(spec: Spec) -> None:
             for budget in sorted({b for m in spec.models for b in entry.budgets_for(m)}, key=str):
                 repro.method(entry.name, budget, **entry.options)
         except ReproError as err:
-            bad.append(f"method {entry.name!r}: {err}" if not str(err).startswith("method ") else str(err))
+            bad.append(str(err) if f"method {entry.name!r}" in str(err) else f"method {entry.name!r}: {err}")
     if bad:
         raise ReproError(f"{spec.path}: " + "; ".join(dict.fromkeys(bad)))
 
