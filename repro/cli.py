@@ -456,18 +456,34 @@ def _apply_latency_spec(args: argparse.Namespace) -> argparse.Namespace:
             spec = yaml.safe_load(Path(args.spec).read_text(encoding="utf-8")) or {}
         except (OSError, yaml.YAMLError) as err:
             raise ReproError(f"cannot read latency spec {args.spec}: {err}") from None
+        if not isinstance(spec, dict):
+            raise ReproError(f"{args.spec}: a latency spec is a mapping of `python -m repro latency` options")
         defaults = vars(build_parser().parse_args(["latency"]))
+        types = _option_types("latency")
         for key, value in spec.items():
             dest = str(key).replace("-", "_")
             if dest in ("profile", "table"):
                 continue
             if dest == "spec" or not hasattr(args, dest):
                 raise ReproError(f"{args.spec}: unknown latency option {key!r}; see `python -m repro latency --help`")
+            value = ",".join(map(str, value)) if isinstance(value, list) else value
+            if types.get(dest) is not None and value is not None:
+                try:
+                    value = types[dest](str(value))
+                except (argparse.ArgumentTypeError, ValueError) as err:
+                    raise ReproError(f"{args.spec}: {key}: {err}") from None
             if getattr(args, dest) == defaults[dest]:  # options given on the command line win
-                setattr(args, dest, ",".join(map(str, value)) if isinstance(value, list) else value)
+                setattr(args, dest, value)
     if not args.model:
         raise ReproError("latency needs --model (or a --spec that names a model)")
     return args
+
+
+def _option_types(command: str) -> dict:
+    """dest -> the argparse `type` of each option of `command` (to check values from a spec file)."""
+    parser = argparse.ArgumentParser()
+    COMMANDS[command].configure(parser)
+    return {a.dest: a.type for a in parser._actions if a.type is not None and not isinstance(a.type, str)}
 
 
 def _run_latency(args: argparse.Namespace) -> int:

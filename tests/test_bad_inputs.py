@@ -177,6 +177,7 @@ CASES: list[tuple[str, Callable, str]] = [
                                 "--samples", "0"]), "--samples"),
     ("latency --threads 0", cli(["latency", "--model", "tiny-llava-1.5", "--threads", "0"]), "--threads"),
     ("latency --repeats 0", cli(["latency", "--model", "tiny-llava-1.5", "--repeats", "0"]), "--repeats"),
+    ("latency spec repeats ten", cli(["latency", "--spec", "{root}/latency.yaml"]), "{root}/latency.yaml: repeats"),
     ("analyze --out a file", cli(["analyze", "dop-curves", "--artifact", "{file}", "--out", "{file}"]),
      "--out {file} is a file"),
     ("check malformed golden --reference", cli(["check", "--store", "{store}", "--reference", "{root}/golden.csv"]),
@@ -221,6 +222,7 @@ SETUP = {
     "check malformed golden --reference": _write("golden.csv", "model,value\nx,1\n"),
     "check malformed paper --reference": _write("reported.csv", "a;b;c\n1;2;3\n"),
     "check garbage --tolerances": _write("tol.yaml", "golden: [unclosed\n"),
+    "latency spec repeats ten": _write("latency.yaml", "model: tiny-llava-1.5\nrepeats: ten\n"),
 }
 
 
