@@ -59,10 +59,10 @@ def run_sweep(spec: Spec, store_root: Path | str, *, executor: str = "local", sl
     staged = staged or spec.staged
     from repro.devices import device_problem
 
+    require_inputs(spec, Path(staged) if staged else None)  # the staging list first: it is the longer fix
     problem = device_problem(spec.device)
     if problem:
         raise ReproError(f"{spec.path}: {problem}")
-    require_inputs(spec, Path(staged) if staged else None)
     check_data_dir(data_dir)
     cells = expand(spec)
     store = Store(store_root)
