@@ -45,10 +45,10 @@ from PIL import Image
 
 from repro.errors import ReproError
 
-ACCEPTED = ("model", "method", "budget", "options", "dtype", "attn", "device")
+ACCEPTED = ("model", "method", "budget", "options", "dtype", "attn", "device", "model_options", "revision")
 IGNORED = ("batch_size", "max_batch_size")  # added by lmms-eval; batch size 1 always
 DEFAULTS = {"model": "tinyworld-llava", "method": "none", "budget": "none", "options": "{}", "dtype": "float32",
-            "attn": "sdpa", "device": "cpu"}
+            "attn": "sdpa", "device": "cpu", "model_options": "{}", "revision": "main"}
 DTYPES = ("float32", "bfloat16", "float16")
 DEFAULT_MAX_NEW_TOKENS = 1024  # what lmms-eval's llava_hf uses when a task sets none
 
@@ -69,7 +69,8 @@ def _none(value: Any) -> bool:
     return value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null"))
 
 
-def parse_options(options: Any) -> dict[str, Any]:
+def parse_options(options: Any, key: str = "options", example: str = '{"keep":0.25,"seed":0}') -> dict[str, Any]:
+    """A JSON object given in model_args (`options`: the method's, `model_options`: repro.load's)."""
     if _none(options):
         return {}
     if isinstance(options, dict):
@@ -77,10 +78,9 @@ def parse_options(options: Any) -> dict[str, Any]:
     try:
         parsed = json.loads(options) if isinstance(options, str) else None
     except json.JSONDecodeError as err:
-        raise ReproError(f"model_args options={options!r} is not valid JSON ({err.msg}); "
-                         "write e.g. options={\"keep\":0.25,\"seed\":0}") from None
+        raise ReproError(f"model_args {key}={options!r} is not valid JSON ({err.msg}); write e.g. {key}={example}") from None
     if not isinstance(parsed, dict):
-        raise ReproError(f"model_args options must be a JSON object, got {options!r}")
+        raise ReproError(f"model_args {key} must be a JSON object, got {options!r}")
     return parsed
 
 
@@ -127,9 +127,10 @@ class ReproLMM(lmms):
             self._rank = self.accelerator.local_process_index  # lmms-eval's evaluator then sets the global rank
             self._world_size = self.accelerator.num_processes
         # `loaded_model` must already be on `parallel.process_device(device)` (the sweep runner's is).
+        model_options = parse_options(args["model_options"], "model_options", '{"protocol":"fixed"}')
         self.model = loaded_model if loaded_model is not None else repro.load(
             str(args["model"]), dtype=str(args["dtype"]), device=self._device,
-            attn_implementation=str(args["attn"]))
+            attn_implementation=str(args["attn"]), revision=str(args["revision"]), **model_options)
 
     @property
     def device(self) -> str:

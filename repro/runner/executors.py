@@ -111,7 +111,7 @@ class _Worker:
         return self._tm
 
     def model(self, cell: Cell):
-        key = (cell.model, cell.dtype, cell.attn, cell.device)
+        key = cell.loaded
         if key not in self.models:
             import repro
 
@@ -119,7 +119,8 @@ class _Worker:
             from repro.eval.parallel import process_device
 
             self.models[key] = repro.load(cell.model, dtype=cell.dtype, device=process_device(cell.device),
-                                          attn_implementation=cell.attn)
+                                          attn_implementation=cell.attn, revision=cell.revision,
+                                          **cell.model_options)
         return self.models[key]
 
     def lm(self, cell: Cell):
@@ -134,7 +135,10 @@ class _Worker:
 
     @staticmethod
     def model_args(cell: Cell, options: dict) -> dict:
-        args = {"model": cell.model, "dtype": cell.dtype, "attn": cell.attn, "device": cell.device}
+        args = {"model": cell.model, "dtype": cell.dtype, "attn": cell.attn, "device": cell.device,
+                "revision": cell.revision}
+        if cell.model_options:
+            args["model_options"] = cell.model_options
         if cell.method != UNPRUNED:
             args.update(method=cell.method, options=options)
             if cell.budget:

@@ -28,11 +28,16 @@ class Plan:
     samples: int
     gpu_hours: float | None
     missing: list[tuple[str, str]] = field(default_factory=list)  # (what is missing, command that stages it)
+    methods: dict[str, list[str]] = field(default_factory=dict)  # method label -> "model: budgets" entries
+    model_options: dict[str, dict] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
         out = [f"plan: {self.cells} cells = {self.rows} rows (model x method x budget x seed) x {len(self.tasks)} tasks",
-               f"  models: {', '.join(self.models)}", f"  tasks: {', '.join(self.tasks)}",
-               f"  samples to evaluate: {self.samples}"]
+               f"  models: {', '.join(self.models)}", f"  tasks: {', '.join(self.tasks)}"]
+        out += [f"  model options: {m}: {', '.join(f'{k}={v}' for k, v in o.items())}"
+                for m, o in self.model_options.items()]
+        out += [f"  method {label}: {'; '.join(budgets)}" for label, budgets in self.methods.items()]
+        out.append(f"  samples to evaluate: {self.samples}")
         if self.gpu_hours is not None:
             out.append(f"  estimate: {self.gpu_hours:.0f} GPU hours on H100-class GPUs (upper bound: pruned cells "
                        "are counted at the unpruned speed)")
@@ -86,7 +91,19 @@ def make_plan(spec: Spec, staged: Path | None = None) -> Plan:
     if spec.profile == "paper":
         gpu = sum(per_task[c.task] * SECONDS_PER_SAMPLE.get(c.model, 0.3) for c in cells) / 3600
     return Plan(len(cells), list(spec.models), list(spec.tasks), rows, samples, gpu,
-                missing_inputs(spec, staged))
+                missing_inputs(spec, staged), _method_budgets(spec), dict(spec.model_options))
+
+
+def _method_budgets(spec: Spec) -> dict[str, list[str]]:
+    """method label -> its budgets, one entry per group of models sharing them."""
+    out = {}
+    for entry in spec.methods:
+        by_budgets: dict[tuple, list[str]] = {}
+        for model in spec.models:
+            by_budgets.setdefault(entry.budgets_for(model), []).append(model)
+        out[entry.display] = [f"{', '.join(models)}: {', '.join(b or 'all tokens' for b in budgets)}"
+                              for budgets, models in by_budgets.items()]
+    return out
 
 
 def require_inputs(spec: Spec, staged: Path | None) -> None:

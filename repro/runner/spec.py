@@ -9,7 +9,9 @@ Spec keys: `profile` (tiny|paper), `table`, `models`, `tasks` (task names or the
 all), `seeds`, `dtype`, `attn`, `device`, `budgets` (default budgets of every method: a list, or a mapping model -> list with an
 optional `default` entry, for native token budgets that differ per model), `methods`
 (list of {name, options, budgets, search}; `none` is the unpruned model), `revision` (hub revision of
-registry models, default main), `staged` (paper data folder), `threads` (torch CPU threads of the
+registry models, default main; passed to `from_pretrained`), `model_options` (a mapping model -> image-side
+options of `repro.load`: LLaVA-NeXT `protocol`, Qwen2.5-VL `min_pixels`/`max_pixels`, InternVL3
+`min_tiles`/`max_tiles`; they enter the cell key), `staged` (paper data folder), `threads` (torch CPU threads of the
 worker; speed only, never part of a key: on a shared 2-core machine 1 thread is ~8x faster than 2).
 """
 
@@ -27,7 +29,7 @@ FORMAT = "repro-cell/1"
 UNPRUNED = "none"
 PROFILES = ("tiny", "paper")
 SPEC_KEYS = {"profile", "table", "description", "models", "tasks", "split", "limit", "seeds", "dtype", "attn",
-             "device", "budgets", "methods", "revision", "staged", "figures", "threads"}
+             "device", "budgets", "methods", "revision", "model_options", "staged", "figures", "threads"}
 METHOD_KEYS = {"name", "options", "budgets", "search", "label"}
 
 
@@ -69,6 +71,7 @@ class Spec:
     staged: str | None = None
     figures: tuple[str, ...] = ()
     threads: int | None = None
+    model_options: dict = field(default_factory=dict)  # model -> options of repro.load
 
 
 @dataclass(frozen=True)
@@ -90,10 +93,14 @@ class Cell:
     search: dict | None = None
     device: str = "cpu"
     label: str = ""
+    model_options: dict = field(default_factory=dict)  # image-side options of repro.load
+    revision: str = "main"  # hub revision; already part of model_revision
 
     def config(self) -> dict:
         d = asdict(self)
-        d.pop("device"), d.pop("label")
+        d.pop("device"), d.pop("label"), d.pop("revision")
+        if not d["model_options"]:
+            d.pop("model_options")  # cells without options keep the keys they had before options existed
         return d
 
     @property
@@ -103,8 +110,13 @@ class Cell:
     @property
     def group(self) -> tuple:
         """Cells sharing a loaded model and method instance (all tasks of one row)."""
-        return (self.model, self.dtype, self.attn, self.device, self.method, canonical_json(self.options),
-                self.budget, self.seed, canonical_json(self.search))
+        return (*self.loaded, self.method, canonical_json(self.options), self.budget, self.seed,
+                canonical_json(self.search))
+
+    @property
+    def loaded(self) -> tuple:
+        """What identifies the loaded model a cell runs on."""
+        return (self.model, self.revision, canonical_json(self.model_options), self.dtype, self.attn, self.device)
 
     def describe(self) -> str:
         budget = f"@{self.budget}" if self.budget else ""
@@ -175,9 +187,31 @@ def load_spec(path: Path | str, *, models: list[str] | None = None, limit: int |
                 attn=str(raw.get("attn", "sdpa")), device=str(raw.get("device", "cpu")),
                 revision=str(raw.get("revision", "main")), staged=raw.get("staged"),
                 figures=tuple(_as_list(raw.get("figures"), "figures", p)),
-                threads=int(raw["threads"]) if raw.get("threads") else None)
+                threads=int(raw["threads"]) if raw.get("threads") else None,
+                model_options=_model_options(raw.get("model_options"), spec_models, p))
     check_spec(spec)
     return spec
+
+
+def _model_options(value: Any, models: list[str], path: str) -> dict:
+    """model -> options of repro.load, checked against each model's family before anything loads."""
+    from repro.models.loading import option_names
+
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise ReproError(f"{path}: `model_options` maps a model to its options, e.g. "
+                         "`model_options: {llava-next-7b: {protocol: fixed}}`")
+    out = {}
+    for model, options in value.items():
+        accepted = option_names(str(model))
+        unknown = sorted(set(options) - set(accepted)) if accepted is not None else []
+        if unknown:
+            raise ReproError(f"{path}: model_options of {model}: unknown option(s) {', '.join(unknown)}; "
+                             f"accepted: {', '.join(accepted) or 'none'}")
+        if str(model) in models:
+            out[str(model)] = dict(options)
+    return out
 
 
 def _method_entry(m: Any, default_budgets: tuple, path: str) -> MethodEntry:
@@ -321,7 +355,9 @@ def expand(spec: Spec) -> list[Cell]:
                                           options=_seeded(entry, seed), budget=budget, task=task,
                                           task_version=versions[task], seed=seed, limit=spec.limit,
                                           dtype=spec.dtype, attn=spec.attn, harness=harness, search=entry.search,
-                                          device=spec.device, label=entry.display))
+                                          device=spec.device, label=entry.display,
+                                          model_options=spec.model_options.get(model, {}),
+                                          revision=spec.revision))
     return cells
 
 
