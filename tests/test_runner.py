@@ -143,3 +143,31 @@ def test_tables_and_figures(concurrent):
     for ext in ("md", "tex", "csv"):
         assert (store / "tables" / f"main.{ext}").is_file()
     assert {p.suffix for p in (store / "figures").iterdir()} == {".png", ".pdf"}
+
+
+def test_an_infeasible_budget_is_recorded_not_fatal(tmp_path):
+    """FastV at K=3 cannot reach 10% of the FLOPs (three full layers already cost more): every sample
+    is recorded as infeasible, the sweep goes on to the next cell, and the table says so."""
+    path = tmp_path / "infeasible.yaml"
+    path.write_text(textwrap.dedent("""\
+        profile: tiny
+        table: main
+        models: [tinyworld-llava]
+        tasks: [tinyworld_gqa]
+        limit: 3
+        threads: 1
+        budgets: [ratio:0.1]
+        methods:
+          - name: none
+          - name: fastv
+            options: {k: 3}
+    """))
+    spec = load_spec(path)
+    result = run_sweep(spec, tmp_path / "store", progress=False)
+    assert len(result.outcome.computed) == 2
+    fastv = next(c for c in expand(spec) if c.method == "fastv")
+    stats = Store(tmp_path / "store").read(fastv.key)["budget_stats"]
+    assert stats == {"samples": 0, "infeasible": 3}
+    write_reports(spec, Store(tmp_path / "store"), tmp_path / "tables", tmp_path / "figures")
+    text = (tmp_path / "tables" / "main.md").read_text()
+    assert "ratio:0.1 (infeasible 3 of 3)" in text

@@ -43,7 +43,7 @@ from lmms_eval.api.instance import GenerationResult, TokenCounts
 from lmms_eval.api.model import lmms
 from PIL import Image
 
-from repro.errors import ReproError
+from repro.errors import InfeasibleBudget, ReproError
 
 ACCEPTED = ("model", "method", "budget", "options", "dtype", "attn", "device", "model_options", "revision")
 IGNORED = ("batch_size", "max_batch_size")  # added by lmms-eval; batch size 1 always
@@ -182,14 +182,19 @@ class ReproLMM(lmms):
         until = gen_kwargs.get("until") or []
         until = [until] if isinstance(until, str) else list(until)
         max_new = int(gen_kwargs.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS)
-        result = self.model.generate(images, context, method=self.method, max_new_tokens=max_new, stop=until)
+        base = {"model": self.model.name, "method": self.method_name or "none", "budget": self.budget,
+                "options": self.options}
+        try:
+            result = self.model.generate(images, context, method=self.method, max_new_tokens=max_new, stop=until)
+        except InfeasibleBudget as err:
+            # no answer at this budget: scored as given (empty), counted, and shown as infeasible
+            record = {**base, "prompt_sha256": hashlib.sha256(context.encode("utf-8")).hexdigest(),
+                      "infeasible": str(err)}
+            return GenerationResult(text="", token_counts=ReproTokenCounts(output_tokens=0, repro=record))
         stats = result.stats.as_dict() if result.stats is not None else {}
         record = {
             "prompt_sha256": hashlib.sha256(result.prompt.encode("utf-8")).hexdigest(),
-            "model": self.model.name,
-            "method": self.method_name or "none",
-            "budget": self.budget,
-            "options": self.options,
+            **base,
             "visual_tokens": stats.get("visual_tokens"),
             "visual_tokens_per_layer": stats.get("visual_attention_tokens"),
             "tflops": stats.get("tflops"),

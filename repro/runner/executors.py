@@ -78,15 +78,17 @@ def budget_stats(samples: list[dict]) -> dict:
     """Realized TFLOPs and token statistics over a cell's sample logs."""
     import numpy as np
 
-    recs = [s["token_counts"][0]["repro"] for s in samples if s.get("token_counts")]
+    answered = [s["token_counts"][0]["repro"] for s in samples if s.get("token_counts")]
+    recs = [r for r in answered if "infeasible" not in r]
+    infeasible = len(answered) - len(recs)
     if not recs:
-        return {}
+        return {"samples": 0, "infeasible": infeasible} if infeasible else {}
     paper = np.array([r["tflops"]["paper"] for r in recs])
     exact = np.array([r["tflops"]["exact"] for r in recs])
     stats = [r["stats"] for r in recs]
     per_layer = {k: np.mean([s[k] for s in stats], axis=0).tolist()
                  for k in ("visual_attention_tokens", "visual_mlp_tokens", "visual_kv_tokens") if k in stats[0]}
-    return {"samples": len(recs), "tflops_paper": {"mean": float(paper.mean()), "min": float(paper.min()),
+    return {"samples": len(recs), "infeasible": infeasible, "tflops_paper": {"mean": float(paper.mean()), "min": float(paper.min()),
                                                    "max": float(paper.max())},
             "tflops_exact_mean": float(exact.mean()),
             "probe_tflops_mean": float(np.mean([s.get("probe_tflops", 0.0) for s in stats])),
@@ -218,7 +220,9 @@ def run_cells(cells: list[Cell], store_root: str, source: DataSource, commit: st
                 stats = rec["budget_stats"]
                 bar.write(f"done {cell.describe()}: {rec['metrics']['benchmark']} {rec['metrics']['score']:.2f}, "
                           f"{stats.get('tflops_paper', {}).get('mean', float('nan')):.4g} TFLOPs, "
-                          f"{stats.get('samples', 0)} samples, {rec['seconds']:.1f} s [{cell.key}]")
+                          f"{stats.get('samples', 0)} samples"
+                          + (f" ({stats['infeasible']} infeasible)" if stats.get("infeasible") else "")
+                          + f", {rec['seconds']:.1f} s [{cell.key}]")
             bar.update(1)
             return True
 
