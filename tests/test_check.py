@@ -163,7 +163,7 @@ def test_paper_dry_run_lists_the_plan_and_what_is_missing(tmp_path):
     assert any(line.startswith("plan: 546 cells") for line in lines)
     assert "GPU hours" in out.stdout
     assert f"dataset gqa in {tmp_path / 'nothing' / 'gqa'}" in out.stdout
-    assert "hf download lmms-lab/GQA --repo-type dataset" in out.stdout
+    assert "hf download lmms-lab-encoder/GQA --repo-type dataset" in out.stdout  # as the installed YAML reads
 
 
 def test_missing_inputs_stop_the_run_before_any_compute(tmp_path):

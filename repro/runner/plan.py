@@ -53,7 +53,7 @@ def missing_inputs(spec: Spec, staged: Path | None) -> list[tuple[str, str]]:
     """Paper weights absent from the local HF cache and paper tasks without staged data."""
     if spec.profile == "tiny":
         return []
-    from repro.eval.tasks import GQA_IMAGES, download_hint, paper_task, staged_source
+    from repro.eval.tasks import GQA_IMAGES, download_hint, gqa_images_hint, paper_task, staged_source
     from repro.models.registry import entries, local_weights
 
     missing = []
@@ -71,10 +71,7 @@ def missing_inputs(spec: Spec, staged: Path | None) -> list[tuple[str, str]]:
             try:
                 staged_source(root, t, folder)
             except ReproError:
-                hint = download_hint(t, root)
-                if folder == GQA_IMAGES:
-                    hint = (f"`hf download lmms-lab/GQA --repo-type dataset --include \"testdev_balanced_images/*\" "
-                            f"--local-dir {root / GQA_IMAGES}`")
+                hint = gqa_images_hint(root) if folder == GQA_IMAGES else download_hint(t, root)
                 missing.append((f"dataset {folder} in {root / folder}", hint.strip("`").split("` on a")[0]))
     return missing
 
