@@ -164,6 +164,8 @@ def test_paper_dry_run_lists_the_plan_and_what_is_missing(tmp_path):
     assert "GPU hours" in out.stdout
     assert f"dataset gqa in {tmp_path / 'nothing' / 'gqa'}" in out.stdout
     assert "hf download lmms-lab-encoder/GQA --repo-type dataset" in out.stdout  # as the installed YAML reads
+    assert "model options: llava-next-7b: protocol=fixed" in out.stdout
+    assert "model options: qwen2.5-vl-7b: min_pixels=200704, max_pixels=1605632" in out.stdout
 
 
 def test_missing_inputs_stop_the_run_before_any_compute(tmp_path):

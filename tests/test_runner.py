@@ -171,3 +171,27 @@ def test_an_infeasible_budget_is_recorded_not_fatal(tmp_path):
     write_reports(spec, Store(tmp_path / "store"), tmp_path / "tables", tmp_path / "figures")
     text = (tmp_path / "tables" / "main.md").read_text()
     assert "ratio:0.1 (infeasible 3 of 3)" in text
+
+
+def test_a_failed_slurm_job_does_not_stop_the_others(tmp_path, capsys):
+    """Every job is waited for and reported as it ends; failures are summarized at the end."""
+    import submitit
+
+    from repro.errors import ReproError
+    from repro.runner.executors import _collect
+
+    def job_ok():  # nested: cloudpickle sends them by value to the job processes
+        from repro.runner.executors import Outcome
+
+        return Outcome(computed=["a", "b"])
+
+    def job_fails():
+        raise RuntimeError("CUDA out of memory")
+
+    executor = submitit.AutoExecutor(folder=tmp_path / "%j", cluster="local")
+    executor.update_parameters(timeout_min=5, gpus_per_node=0)
+    jobs = [executor.submit(job_fails), executor.submit(job_ok)]
+    with pytest.raises(ReproError, match=r"(?s)1 of 2 job\(s\) failed.*RuntimeError: CUDA out of memory"):
+        _collect(jobs, tmp_path)
+    out = capsys.readouterr().out
+    assert "FAILED: " in out and "2 computed" in out  # the second job still ran and was counted

@@ -238,6 +238,9 @@ class SlurmOptions:
     """submitit parameters. `cluster=None` lets submitit pick SLURM; tests use `cluster="local"`."""
 
     partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
     gpus_per_job: int = 1
     cpus_per_job: int = 8
     mem_gb: int = 64
@@ -268,18 +271,47 @@ def run_slurm(cells: list[Cell], store_root: str, source: DataSource, commit: st
                               "cpus_per_task": options.cpus_per_job, "name": "repro-sweep"}
     if options.cluster in (None, "slurm"):
         params["mem_gb"] = options.mem_gb
-        if options.partition:
-            params["slurm_partition"] = options.partition
+        for name in ("partition", "account", "qos", "constraint"):
+            if getattr(options, name):
+                params[f"slurm_{name}"] = getattr(options, name)
     executor.update_parameters(**params)
     groups = jobs_of(cells, options.rows_per_job)
     with executor.batch():
         jobs = [executor.submit(run_cells, group, store_root, source, commit, False, threads) for group in groups]
     print(f"submitted {len(jobs)} job(s) ({len(cells)} cells); logs under {folder.parent}", flush=True)
-    merged = Outcome()
-    for job in jobs:
-        out = job.result()  # raises with the job's traceback when a job failed
+    return _collect(jobs, folder.parent)
+
+
+def _error_line(err: Exception) -> str:
+    """The job's own exception line (`RuntimeError: ...`) out of submitit's report, which wraps the
+    remote traceback and the log paths."""
+    import re
+
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    raised = [line for line in lines if re.match(r"^[\w.]*(Error|Exception|Interrupt)\b.*", line)]
+    return (raised or lines or [type(err).__name__])[-1]
+
+
+def _collect(jobs: list, logs: Path) -> Outcome:
+    """Wait for the jobs in the order they finish, print each as it ends, carry on past a failed
+    one, and fail at the end with a summary of every failed job (its cells stay pending)."""
+    from submitit.helpers import as_completed
+
+    merged, failed = Outcome(), []
+    for done, job in enumerate(as_completed(jobs), start=1):
+        try:
+            out = job.result()
+        except Exception as err:  # noqa: BLE001 - a job's own failure, reported below with its log
+            last = _error_line(err)
+            failed.append(f"job {job.job_id}: {last[:300]} (log: {logs / str(job.job_id)})")
+            print(f"[{done}/{len(jobs)}] job {job.job_id} FAILED: {last[:300]}", flush=True)
+            continue
         merged.computed += out.computed
         merged.skipped += out.skipped
         merged.recomputed += out.recomputed
-        print(f"job {job.job_id}: {len(out.computed)} computed, {len(out.skipped)} already done", flush=True)
+        print(f"[{done}/{len(jobs)}] job {job.job_id}: {len(out.computed)} computed, {len(out.skipped)} already done",
+              flush=True)
+    if failed:
+        raise ReproError(f"{len(failed)} of {len(jobs)} job(s) failed; the others' cells are stored, and rerunning "
+                         "the same command computes only what is missing:\n  " + "\n  ".join(failed))
     return merged
