@@ -160,7 +160,8 @@ def test_paper_dry_run_lists_the_plan_and_what_is_missing(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.splitlines()
     assert lines[0].startswith("profile: paper")
-    assert any(line.startswith("plan: 546 cells") for line in lines)
+    assert any(line.startswith("plan: 1131 cells") for line in lines)
+    assert "ratio:0.2366 (flops-of-tokens:64)" in out.stdout  # token budgets at equal TFLOPs, per model
     assert "GPU hours" in out.stdout
     assert f"dataset gqa in {tmp_path / 'nothing' / 'gqa'}" in out.stdout
     assert "hf download lmms-lab-encoder/GQA --repo-type dataset" in out.stdout  # as the installed YAML reads

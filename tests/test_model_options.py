@@ -86,3 +86,27 @@ def test_the_revision_reaches_from_pretrained(tmp_path):
     env = {**os.environ, "HF_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert "loaded" in out.stdout and "refused main" in out.stdout, out.stderr[-2000:]
+
+
+def test_token_budgets_at_equal_flops_resolve_per_model(tmp_path):
+    """flops-of-tokens:N is the FLOPs ratio of N visual tokens in every layer on the model's nominal
+    prompt (paper_tables/flops.md: 64 tokens = 23.7% of LLaVA-1.5-7B), and the label travels along."""
+    from repro.runner.spec import resolve_budget
+
+    assert resolve_budget("flops-of-tokens:64", "llava-1.5-7b") == ("ratio:0.2366", "flops-of-tokens:64")
+    assert resolve_budget("ratio:0.5", "llava-1.5-7b") == ("ratio:0.5", "")
+    with pytest.raises(ReproError, match="registry model"):
+        resolve_budget("flops-of-tokens:64", "tiny-llava-1.5")
+    path = tmp_path / "paper.yaml"
+    path.write_text(textwrap.dedent("""\
+        profile: paper
+        models: [llava-1.5-7b, llava-next-7b]
+        tasks: [gqa]
+        budgets: {default: [ratio:0.14], llava-next-7b: [flops-of-tokens:320]}
+        methods: [{name: fastv}]
+    """))
+    cells = {c.model: c for c in expand(load_spec(path))}
+    assert cells["llava-1.5-7b"].budget == "ratio:0.14" and cells["llava-1.5-7b"].budget_shown == "ratio:0.14"
+    assert cells["llava-next-7b"].budget == "ratio:0.1276"
+    assert cells["llava-next-7b"].budget_shown == "ratio:0.1276 (flops-of-tokens:320)"
+    assert "budget_label" not in cells["llava-next-7b"].config()  # the ratio alone decides the key

@@ -44,7 +44,7 @@ def collect(spec: Spec, store: Store) -> tuple[list[Row], list[str]]:
     columns = list(dict.fromkeys(benchmarks.headline(t).benchmark for t in spec.tasks))
     acc: dict[tuple, dict] = {}
     for cell in expand(spec):
-        ident = (cell.model, cell.label, cell.budget or "-")
+        ident = (cell.model, cell.label, cell.budget_shown)
         slot = acc.setdefault(ident, {"scores": {}, "flops": [], "missing": 0, "unpruned": cell.method == UNPRUNED,
                                       "infeasible": 0, "samples": 0})
         record = store.read(cell.key)

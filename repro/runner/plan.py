@@ -97,9 +97,9 @@ def _method_budgets(spec: Spec) -> dict[str, list[str]]:
     for entry in spec.methods:
         by_budgets: dict[tuple, list[str]] = {}
         for model in spec.models:
-            by_budgets.setdefault(entry.budgets_for(model), []).append(model)
-        out[entry.display] = [f"{', '.join(models)}: {', '.join(b or 'all tokens' for b in budgets)}"
-                              for budgets, models in by_budgets.items()]
+            shown = tuple(f"{b} ({label})" if label else (b or "all tokens") for b, label in entry.labelled_budgets(model))
+            by_budgets.setdefault(shown, []).append(model)
+        out[entry.display] = [f"{', '.join(models)}: {', '.join(budgets)}" for budgets, models in by_budgets.items()]
     return out
 
 

@@ -47,7 +47,12 @@ class MethodEntry:
     model_budgets: dict = field(default_factory=dict)  # model -> budgets, where they differ per model
 
     def budgets_for(self, model: str) -> tuple[str | None, ...]:
-        return self.model_budgets.get(model, self.budgets)
+        """This model's budgets, `flops-of-tokens:N` resolved to the equal `ratio:R`."""
+        return tuple(resolve_budget(b, model)[0] for b in self.model_budgets.get(model, self.budgets))
+
+    def labelled_budgets(self, model: str) -> list[tuple[str | None, str]]:
+        """(budget, how the spec wrote it when that differs, else "") for this model."""
+        return [resolve_budget(b, model) for b in self.model_budgets.get(model, self.budgets)]
 
     @property
     def display(self) -> str:
@@ -95,10 +100,16 @@ class Cell:
     label: str = ""
     model_options: dict = field(default_factory=dict)  # image-side options of repro.load
     revision: str = "main"  # hub revision; already part of model_revision
+    budget_label: str = ""  # how the spec wrote the budget, e.g. flops-of-tokens:64 for ratio:0.2371
+
+    @property
+    def budget_shown(self) -> str:
+        """The budget as tables show it: `ratio:0.2371 (flops-of-tokens:64)`."""
+        return f"{self.budget} ({self.budget_label})" if self.budget_label else (self.budget or "-")
 
     def config(self) -> dict:
         d = asdict(self)
-        d.pop("device"), d.pop("label"), d.pop("revision")
+        d.pop("device"), d.pop("label"), d.pop("revision"), d.pop("budget_label")
         if not d["model_options"]:
             d.pop("model_options")  # cells without options keep the keys they had before options existed
         return d
@@ -234,6 +245,26 @@ def _method_entry(m: Any, default_budgets: tuple, path: str) -> MethodEntry:
                        {k: v for k, v in budgets.items() if k != "default"})
 
 
+EQUAL_FLOPS = "flops-of-tokens"
+
+
+def resolve_budget(text: str | None, model: str) -> tuple[str | None, str]:
+    """`flops-of-tokens:N` -> (`ratio:R`, "flops-of-tokens:N"): the FLOPs of N visual tokens kept
+    in every layer on the model's nominal prompt (paper_tables/flops.md), so that methods of every
+    kind run at the compute of a token budget. Other budgets come back unchanged with no label."""
+    if text is None or not str(text).startswith(EQUAL_FLOPS + ":"):
+        return text, ""
+    from repro.flops_table import equal_flops_ratio
+    from repro.models.registry import entries
+
+    raw = str(text).partition(":")[2]
+    entry = next((e for e in entries() if e.name == model), None)
+    if entry is None or not raw.isdigit():
+        raise ReproError(f"budget {text!r} for {model}: {EQUAL_FLOPS}:N needs an integer N and a registry model "
+                         "(`python -m repro models`); use ratio:R or tokens:N otherwise")
+    return f"ratio:{equal_flops_ratio(entry, int(raw)):.4f}", str(text)
+
+
 def _budgets(value: Any, path: str) -> dict[str, tuple]:
     """{'default': (...), model: (...)} from a list or a model -> list mapping."""
     if isinstance(value, dict):
@@ -348,7 +379,7 @@ def expand(spec: Spec) -> list[Cell]:
     for model in spec.models:
         rev = model_revision(model, spec.revision)
         for entry in spec.methods:
-            for budget in entry.budgets_for(model):
+            for budget, budget_label in entry.labelled_budgets(model):
                 for seed in spec.seeds:
                     for task in spec.tasks:
                         cells.append(Cell(model=model, model_revision=rev, method=entry.name,
@@ -357,7 +388,7 @@ def expand(spec: Spec) -> list[Cell]:
                                           dtype=spec.dtype, attn=spec.attn, harness=harness, search=entry.search,
                                           device=spec.device, label=entry.display,
                                           model_options=spec.model_options.get(model, {}),
-                                          revision=spec.revision))
+                                          revision=spec.revision, budget_label=budget_label))
     return cells
 
 
