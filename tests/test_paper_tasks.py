@@ -135,3 +135,34 @@ def test_staging_hints_name_the_repositories_of_the_installed_yamls():
         assert any(f"dataset_path: {hub}" in f.read_text() for f in folder.iterdir() if f.is_file()), t.name
         assert f"hf download {hub} " in download_hint(t, Path("staged"))
     assert official_dataset(next(t for t in PAPER_TASKS if t.name == "ocrbench"))[0] == "echo840/OCRBench"
+
+
+def test_reduced_run_keeps_pairs_circular_groups_and_splits(staged):
+    """The seeded subset keeps MME's question pairs and MMBench's circular groups whole, POPE's
+    splits in proportion, and is the same draw every time."""
+    from repro.eval.subset import subset_rows
+
+    mme, rows = pt.subset_table(staged, pt.paper_task("mme"), 3, seed=0)
+    ids = mme.column("question_id").to_pylist()
+    assert len(rows) >= 3 and all(ids.count(i) == 2 for i in ids)  # whole pairs only
+    mmb, _ = pt.subset_table(staged, pt.paper_task("mmbench_en_dev"), 2, seed=0)
+    full = pq.read_table(staged / "mmbench_en_dev" / STAGE["mmbench_en_dev"][1]).column("index").to_pylist()
+    kept = mmb.column("index").to_pylist()
+    for group in {i % 1_000_000 for i in kept}:  # every rotation of a kept question is kept
+        assert sorted(i for i in kept if i % 1_000_000 == group) == sorted(i for i in full if i % 1_000_000 == group)
+    cats = ["random"] * 30 + ["popular"] * 30 + ["adversarial"] * 60
+    pope = subset_rows("pope", len(cats), {"category": cats}, 40, seed=0)
+    drawn = [cats[i] for i in pope]
+    assert (drawn.count("random"), drawn.count("popular"), drawn.count("adversarial")) == (10, 10, 20)
+    assert pope == subset_rows("pope", len(cats), {"category": cats}, 40, seed=0)
+    assert pope != subset_rows("pope", len(cats), {"category": cats}, 40, seed=1)
+    assert subset_rows("gqa", 5, {}, 10, seed=0) == [0, 1, 2, 3, 4]  # a small split is kept whole
+
+
+def test_reduced_task_folder_reads_only_the_subset(staged, tmp_path):
+    pt.write_task_folder(staged, tmp_path, ["pope", "gqa"], subset=(4, 0))
+    cfg = yaml.safe_load((tmp_path / "pope.yaml").read_text())
+    files = cfg["dataset_kwargs"]["data_files"]["test"]
+    assert files == [str((tmp_path / "_subset" / "pope" / "test-subset.parquet").resolve())]
+    assert pq.read_table(files[0]).num_rows == len(pt.subset_table(staged, pt.paper_task("pope"), 4, 0)[1])
+    assert pq.read_table(files[0]).num_rows < pq.read_table(staged / "pope" / STAGE["pope"][1]).num_rows

@@ -40,6 +40,7 @@ class DataSource:
     profile: str = "tiny"
     data_dir: str | None = None
     staged: str | None = None
+    subset: tuple[int, int] | None = None  # paper profile: the reduced run's documents per task and seed
 
     def task_manager(self):
         from repro.eval.run import task_manager_for
@@ -50,7 +51,15 @@ class DataSource:
             data_dir = Path(self.data_dir) if self.data_dir else tinyworld.default_data_dir()
             tinyworld.build(data_dir)
             return task_manager_for(data_dir)
-        return task_manager_for(staged=self.staged)
+        return task_manager_for(staged=self.staged, subset=self.subset)
+
+    def subset_rows(self, task: str) -> list[int] | None:
+        """Row positions of the reduced run's subset of `task` in its staged split (None: all rows)."""
+        if self.subset is None:
+            return None
+        from repro.eval.tasks import paper_task, subset_table
+
+        return subset_table(Path(self.staged or "data/staged"), paper_task(task), *self.subset)[1]
 
 
 @dataclass
@@ -169,6 +178,8 @@ class _Worker:
                   "metrics": {"benchmark": h.benchmark, "metric": h.metric, "raw": raw, "score": score},
                   "budget_stats": budget_stats(samples), "lmms_eval": summary, "seconds": round(seconds, 2),
                   "processes": parallel.world_size()}
+        if cell.subset:
+            record["subset"] = {**cell.subset, "rows": self.source.subset_rows(cell.task)}
         self.store.write(cell.key, record, samples)
         return record
 

@@ -11,7 +11,9 @@ optional `default` entry, for native token budgets that differ per model), `meth
 (list of {name, options, budgets, search}; `none` is the unpruned model), `revision` (hub revision of
 registry models, default main; passed to `from_pretrained`), `model_options` (a mapping model -> image-side
 options of `repro.load`: LLaVA-NeXT `protocol`, Qwen2.5-VL `min_pixels`/`max_pixels`, InternVL3
-`min_tiles`/`max_tiles`; they enter the cell key), `staged` (paper data folder), `threads` (torch CPU threads of the
+`min_tiles`/`max_tiles`; they enter the cell key), `subset` (paper profile, the reduced run: about N
+documents per task, a fixed seeded draw that keeps MME pairs, MMBench circular groups and POPE's
+splits whole; `subset: N` or `{docs: N, seed: S}`; repro.eval.subset), `staged` (paper data folder), `threads` (torch CPU threads of the
 worker; speed only, never part of a key: on a shared 2-core machine 1 thread is ~8x faster than 2).
 """
 
@@ -29,7 +31,7 @@ FORMAT = "repro-cell/1"
 UNPRUNED = "none"
 PROFILES = ("tiny", "paper")
 SPEC_KEYS = {"profile", "table", "description", "models", "tasks", "split", "limit", "seeds", "dtype", "attn",
-             "device", "budgets", "methods", "revision", "model_options", "staged", "figures", "threads"}
+             "device", "budgets", "methods", "revision", "model_options", "subset", "staged", "figures", "threads"}
 METHOD_KEYS = {"name", "options", "budgets", "search", "label"}
 
 
@@ -77,6 +79,7 @@ class Spec:
     figures: tuple[str, ...] = ()
     threads: int | None = None
     model_options: dict = field(default_factory=dict)  # model -> options of repro.load
+    subset: dict | None = None  # paper profile: {"docs": N, "seed": S}, the reduced run
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,7 @@ class Cell:
     model_options: dict = field(default_factory=dict)  # image-side options of repro.load
     revision: str = "main"  # hub revision; already part of model_revision
     budget_label: str = ""  # how the spec wrote the budget, e.g. flops-of-tokens:64 for ratio:0.2371
+    subset: dict | None = None  # the reduced run's {"docs", "seed"}; None: every document
 
     @property
     def budget_shown(self) -> str:
@@ -110,8 +114,9 @@ class Cell:
     def config(self) -> dict:
         d = asdict(self)
         d.pop("device"), d.pop("label"), d.pop("revision"), d.pop("budget_label")
-        if not d["model_options"]:
-            d.pop("model_options")  # cells without options keep the keys they had before options existed
+        for optional in ("model_options", "subset"):
+            if not d[optional]:
+                d.pop(optional)  # cells without them keep the keys they had before they existed
         return d
 
     @property
@@ -199,9 +204,25 @@ def load_spec(path: Path | str, *, models: list[str] | None = None, limit: int |
                 revision=str(raw.get("revision", "main")), staged=raw.get("staged"),
                 figures=tuple(_as_list(raw.get("figures"), "figures", p)),
                 threads=int(raw["threads"]) if raw.get("threads") else None,
-                model_options=_model_options(raw.get("model_options"), spec_models, p))
+                model_options=_model_options(raw.get("model_options"), spec_models, p),
+                subset=_subset(raw.get("subset"), profile, p))
     check_spec(spec)
     return spec
+
+
+def _subset(value: Any, profile: str, path: str) -> dict | None:
+    """`subset: N` or `{docs: N, seed: S}` -> {"docs": N, "seed": S} (seed 0 by default)."""
+    if value is None:
+        return None
+    raw = value if isinstance(value, dict) else {"docs": value}
+    docs, seed = raw.get("docs"), raw.get("seed", 0)
+    ok = set(raw) <= {"docs", "seed"} and all(isinstance(x, int) and not isinstance(x, bool) for x in (docs, seed))
+    if not ok or docs < 1 or seed < 0:
+        raise ReproError(f"{path}: `subset` is a document count per task (e.g. `subset: 500`) or "
+                         f"`{{docs: 500, seed: 0}}`, got {value!r}")
+    if profile != "paper":
+        raise ReproError(f"{path}: `subset` is the paper profile's reduced run; the tiny profile uses `limit`")
+    return {"docs": docs, "seed": seed}
 
 
 def _model_options(value: Any, models: list[str], path: str) -> dict:
@@ -388,7 +409,8 @@ def expand(spec: Spec) -> list[Cell]:
                                           dtype=spec.dtype, attn=spec.attn, harness=harness, search=entry.search,
                                           device=spec.device, label=entry.display,
                                           model_options=spec.model_options.get(model, {}),
-                                          revision=spec.revision, budget_label=budget_label))
+                                          revision=spec.revision, budget_label=budget_label,
+                                          subset=spec.subset))
     return cells
 
 
