@@ -35,9 +35,12 @@ FIX = {
     "dtype": f"one of {', '.join(DTYPES)}",
     "attn": f"one of {', '.join(ATTNS)}",
     "device": DEVICE_FIX,
-    "budgets": "a list of budgets (tokens:N, ratio:R, tflops:X), or a mapping model -> list with an optional `default`",
+    "budgets": "a list of budgets (tokens:N, ratio:R, tflops:X, flops-of-tokens:N), or a mapping model -> list "
+               "with an optional `default`",
     "methods": "a list of methods, each `- name: NAME` with optional options, budgets, search, label",
     "revision": "a hub revision (text), e.g. main",
+    "model_options": "a mapping that maps a model to its options of repro.load, e.g. {llava-next-7b: {protocol: fixed}}",
+    "subset": "a document count per task (paper profile), e.g. 500, or {docs: 500, seed: 0}",
     "staged": "a folder of staged paper datasets (text)",
     "figures": f"a list of: {', '.join(FIGURES)}",
     "threads": "a whole number of CPU threads >= 1",
@@ -47,6 +50,7 @@ FIX = {
     "label": "text",
 }
 
+EQUAL_FLOPS = "flops-of-tokens"  # spec budgets `flops-of-tokens:N` (repro.runner.spec.resolve_budget)
 Text = StrictStr
 Positive = Annotated[StrictInt, Field(ge=1)]
 NonNegative = Annotated[StrictInt, Field(ge=0)]
@@ -84,6 +88,8 @@ class SpecSchema(BaseModel):
     budgets: Any = None  # checked by `budget_problems`
     methods: list[MethodSchema]
     revision: Text = "main"
+    model_options: dict[Text, dict[Text, Any]] | None = None  # names checked per family by spec._model_options
+    subset: Any = None  # `N` or {docs: N, seed: S}: checked by spec._subset
     staged: Text | None = None
     figures: list[Literal[FIGURES]] = []  # type: ignore[valid-type]
     threads: Positive | None = None
@@ -147,6 +153,10 @@ def budget_problems(value: Any, where: str, models: Any) -> list[str]:
     for i, b in enumerate(values):
         if not isinstance(b, str):
             out.append(f"{where}.{i}: {b!r} is not a budget; use tokens:N, ratio:R or tflops:X (e.g. ratio:0.5)")
+            continue
+        if b.startswith(EQUAL_FLOPS + ":"):  # resolved per model by spec.resolve_budget (checked there)
+            if not b.partition(":")[2].isdigit():
+                out.append(f"{where}.{i}: {b!r}: {EQUAL_FLOPS}:N needs a whole number N of visual tokens")
             continue
         try:
             as_budget(b)
