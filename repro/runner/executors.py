@@ -10,8 +10,8 @@ executor submits it through submitit, one job per group of rows.
 Under `accelerate launch --num_processes N -m repro sweep SPEC` (repro.eval.parallel) every rank
 runs `run_cells` over the same cells and each cell's evaluation is sharded across the ranks. Rank 0
 alone takes the cell locks, decides (skip / compute / recompute) and broadcasts its decision, and
-alone writes records. A DOP artifact is searched by whichever rank takes its store lock first and
-read by the others, which wait on that lock (not on a collective, so a long search hits no
+alone writes records. A fit artifact (e.g. DOP's search) is fitted by whichever rank takes its store
+lock first and read by the others, which wait on that lock (not on a collective, so a long search hits no
 process-group timeout).
 """
 
@@ -127,9 +127,10 @@ class _Worker:
             from repro.eval.lmms_model import ReproLMM
             from repro.runner.artifacts import runtime_options
 
-            options = runtime_options(cell, self.store, self.budgets.get(cell.model, []), lambda: self.model(cell))
+            options, fit = runtime_options(cell, self.store, self.budgets.get(cell.model, []),
+                                           lambda: self.model(cell), self.source)
             args = self.model_args(cell, options)
-            self.lms[cell.group] = (ReproLMM(loaded_model=self.model(cell), **args), args)
+            self.lms[cell.group] = (ReproLMM(loaded_model=self.model(cell), **args), args, fit)
         return self.lms[cell.group]
 
     @staticmethod
@@ -148,7 +149,7 @@ class _Worker:
         from repro.runner import benchmarks
         from repro.runner.provenance import provenance
 
-        lm, args = self.lm(cell)
+        lm, args, fit = self.lm(cell)
         t0 = time.perf_counter()
         res = evaluate(args, [cell.task], task_manager=self.tm, limit=cell.limit, lm=lm, seed=cell.seed)
         seconds = time.perf_counter() - t0
@@ -163,6 +164,8 @@ class _Worker:
                   "metrics": {"benchmark": h.benchmark, "metric": h.metric, "raw": raw, "score": score},
                   "budget_stats": budget_stats(samples), "lmms_eval": summary, "seconds": round(seconds, 2),
                   "processes": parallel.world_size()}
+        if fit is not None:
+            record["fit"] = fit  # the fitted artifact the cell ran with (name, sha256, calibration, excluded ids)
         self.store.write(cell.key, record, samples)
         return record
 

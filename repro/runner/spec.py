@@ -40,7 +40,7 @@ class MethodEntry:
     name: str
     options: dict = field(default_factory=dict)
     budgets: tuple[str | None, ...] = (None,)
-    search: dict | None = None  # DOP: the search that produces the artifact (run once, stored)
+    search: dict | None = None  # the method's fit on calibration data (runner/artifacts.py), run once, stored
     label: str | None = None
     model_budgets: dict = field(default_factory=dict)  # model -> budgets, where they differ per model
 
@@ -262,9 +262,9 @@ def check_spec(spec: Spec) -> None:
         if entry.name == UNPRUNED:
             continue
         if entry.search is not None:
-            from repro.runner.artifacts import search_options
+            from repro.runner.artifacts import fit_request
 
-            search_options(entry, spec.path)  # raises on bad search options
+            fit_request(entry, spec.profile, spec.path)  # raises on a method without a fit step, bad keys
             continue
         for budget in {b for m in spec.models for b in entry.budgets_for(m)}:
             try:
