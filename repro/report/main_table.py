@@ -28,6 +28,7 @@ class Row:
     rel_avg: float = math.nan
     missing: int = 0
     unpruned: bool = False
+    max_budget_use: float = math.nan  # largest per-sample realized / allowed FLOPs (budget_stats.budget_use.max)
 
     @property
     def avg(self) -> float:
@@ -52,12 +53,14 @@ def collect(spec: Spec, store: Store) -> tuple[list[Row], list[str]]:
         stats = record.get("budget_stats") or {}
         if stats:
             slot["flops"].append((stats["tflops_paper"]["mean"], stats["samples"]))
+            if "budget_use" in stats:
+                slot["use"] = max(slot.get("use", 0.0), stats["budget_use"]["max"])
     rows = []
     for (model, label, budget), slot in acc.items():
         n = sum(w for _, w in slot["flops"])
         rows.append(Row(model, label, budget, {b: sum(v) / len(v) for b, v in slot["scores"].items()},
                         sum(f * w for f, w in slot["flops"]) / n if n else math.nan, missing=slot["missing"],
-                        unpruned=slot["unpruned"]))
+                        unpruned=slot["unpruned"], max_budget_use=slot.get("use", math.nan)))
     for row in rows:
         base = next((r for r in rows if r.model == row.model and r.unpruned), None)
         if base is None:

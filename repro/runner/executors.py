@@ -40,6 +40,7 @@ class DataSource:
     profile: str = "tiny"
     data_dir: str | None = None
     staged: str | None = None
+    tasks: tuple[str, ...] | None = None  # paper profile: the staged tasks the sweep needs (None: all thirteen)
 
     def task_manager(self):
         from repro.eval.run import task_manager_for
@@ -50,7 +51,11 @@ class DataSource:
             data_dir = Path(self.data_dir) if self.data_dir else tinyworld.default_data_dir()
             tinyworld.build(data_dir)
             return task_manager_for(data_dir)
-        return task_manager_for(staged=self.staged)
+        if self.tasks is None:
+            return task_manager_for(staged=self.staged)
+        from repro.eval.tasks import paper_task, task_manager
+
+        return task_manager(self.staged, names=sorted({paper_task(t).name for t in self.tasks}))
 
 
 @dataclass
@@ -88,11 +93,33 @@ def budget_stats(samples: list[dict]) -> dict:
                  for k in ("visual_attention_tokens", "visual_mlp_tokens", "visual_kv_tokens") if k in stats[0]}
     return {"samples": len(recs), "tflops_paper": {"mean": float(paper.mean()), "min": float(paper.min()),
                                                    "max": float(paper.max())},
+            **per_sample_budget(recs, paper),
             "tflops_exact_mean": float(exact.mean()),
             "probe_tflops_mean": float(np.mean([s.get("probe_tflops", 0.0) for s in stats])),
             "n_tokens_mean": float(np.mean([s["n_tokens"] for s in stats])),
             "visual_tokens_mean": float(np.mean([s["visual_tokens"] for s in stats])),
             "visual_tokens_per_layer_mean": per_layer, "dead_ops": sorted({s.get("dead_ops", "") for s in stats})}
+
+
+def per_sample_budget(recs: list[dict], paper) -> dict:
+    """Per-sample realized prefill FLOPs against the unpruned model on the same input
+    (`flops_ratio`) and, under a `ratio:R` / `tflops:X` budget, realized / allowed
+    (`budget_use`: mean, max, and how many samples exceed the budget)."""
+    import numpy as np
+
+    from repro.budget import as_budget
+
+    unpruned = [r["stats"].get("unpruned_tflops") for r in recs]
+    if not all(unpruned):
+        return {}
+    ratio = paper / np.array(unpruned, dtype=float)
+    out = {"flops_ratio": {"mean": float(ratio.mean()), "max": float(ratio.max())}}
+    budget = as_budget(recs[0].get("budget")) if recs[0].get("budget") else None
+    if budget is not None and budget.kind != "tokens":
+        use = ratio / budget.value if budget.kind == "ratio" else paper / budget.value
+        out["budget_use"] = {"budget": str(budget), "mean": float(use.mean()), "max": float(use.max()),
+                             "samples_over": int((use > 1 + 1e-9).sum())}
+    return out
 
 
 class _Worker:
