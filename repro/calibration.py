@@ -8,9 +8,10 @@ Sources:
 * `lmms:TASK` / `lmms:TASK:SPLIT`: any lmms-eval task the sweep can load, tiny (`tinyworld_gqa`,
   `tinyworld_gqa_val`, …) or, with staged paper data, a paper task (`gqa`, `textvqa_val`, …). The
   split defaults to the one the task evaluates. Drawn from the evaluated split, the samples are
-  the split's *last* N documents and are recorded as `excluded` (`TASK/doc_id`): the runner then
-  refuses any cell of that task whose `limit` would reach them, so evaluation never sees them.
-  Drawn from another split, they are its first N documents and nothing is excluded.
+  the split's *last* N documents and are recorded as `excluded` (`TASK/doc_id`): a sweep with such
+  a fit keeps the last N documents of that task out of every method's cells (`Cell.holdout`), so
+  all methods are scored on the same documents and none on the calibration ones. Drawn from
+  another split, they are its first N documents and nothing is excluded.
 
 Questions are rendered by the task's own `doc_to_text` and images by its `doc_to_visual`, so a fit
 sees the prompts an evaluation sends. The same source and count always give the same samples.
@@ -49,6 +50,24 @@ def check_source(source: str) -> None:
     if kind == "tinyworld" or (kind == "lmms" and rest and rest.count(":") <= 1 and all(rest.split(":"))):
         return
     raise ReproError(f"unknown calibration source {source!r}; use {FORMS}")
+
+
+def held_out_task(source: str, profile: str) -> str | None:
+    """The task (as sweeps name it) whose evaluated split `source` draws its samples from, if any:
+    a sweep keeps the last documents of that task out of every method's evaluation."""
+    check_source(source)
+    kind, _, selection = source.partition(":")
+    if kind != "lmms":
+        return None
+    name, _, split = selection.partition(":")
+    if profile == "paper":
+        from repro.eval.tasks import paper_task
+
+        t = paper_task(name)
+        return t.task if split in ("", t.split) else None
+    from repro.tinyworld.suite import VAL_SUFFIX
+
+    return name if split in ("", "validation" if name.endswith(VAL_SUFFIX) else "test") else None
 
 
 def calibration_set(source: str, n: int, *, data_dir: Path | str | None = None,

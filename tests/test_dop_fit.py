@@ -95,6 +95,11 @@ def test_the_fit_hook_is_generic():
     assert (request.source, request.samples, request.config.reducer, request.config.depth_step) == \
         ("tinyworld", 3, "uniform", 2)
     assert fit_request(MethodEntry("dop", {}, search={}), profile="paper").source == "lmms:gqa"
+    from repro.calibration import held_out_task
+
+    assert held_out_task("lmms:gqa", "paper") == "gqa" and held_out_task("lmms:tinyworld_gqa", "tiny") == "tinyworld_gqa"
+    assert held_out_task("lmms:tinyworld_gqa_val:validation", "tiny") == "tinyworld_gqa_val"
+    assert held_out_task("lmms:tinyworld_gqa:train", "tiny") is None and held_out_task("tinyworld", "tiny") is None
     with pytest.raises(ReproError, match="method 'fastv' does not have"):
         fit_request(MethodEntry("fastv", {}, search={"samples": 2}))
     with pytest.raises(ReproError, match="unknown dop search key"):
@@ -114,6 +119,9 @@ def test_cells_never_evaluate_their_calibration_documents():
     excluded = ("tinyworld_gqa/6", "tinyworld_gqa/7")
     check_disjoint(_cell("tinyworld_gqa", 6), excluded)
     check_disjoint(_cell("tinyworld_pope", None), excluded)
+    from dataclasses import replace
+
+    check_disjoint(replace(_cell("tinyworld_gqa", None), holdout=2), excluded)
     for limit in (7, None):
         with pytest.raises(ReproError, match="set the sweep's limit to at most 6"):
             check_disjoint(_cell("tinyworld_gqa", limit), excluded)
@@ -190,9 +198,17 @@ def test_a_sweep_calibrates_dop_on_a_staged_paper_task(staged, tmp_path):
     assert artifact.calibration == Calibration("lmms:gqa", ("gqa/4", "gqa/5"), ("gqa/4", "gqa/5"))
     assert artifact.sha256 == fit["sha256"]
     assert all(r["budget_stats"]["budget_use"]["max"] <= 1 + 1e-12 for r in records)
-    spec.write_text(spec.read_text().replace("limit: 4", "limit: 6"))
-    with pytest.raises(ReproError, match="would evaluate documents 4 and later of gqa"):
-        run_sweep(load_spec(spec), tmp_path / "store", progress=False)
+    # every method, not only DOP, leaves the calibration documents out (the same documents for all)
+    spec.write_text(spec.read_text().replace("limit: 4", "limit: null").replace(
+        "methods:", "methods:\n  - name: none"))
+    cells = expand(load_spec(spec))
+    assert {(c.method, c.task, c.holdout) for c in cells} == {(m, t, 2 if t == "gqa" else 0)
+                                                              for m in ("none", "dop") for t in ("gqa", "pope")}
+    run_sweep(load_spec(spec), tmp_path / "store", progress=False)
+    for cell in cells:
+        record = store.read(cell.key)
+        assert record["budget_stats"]["samples"] == (4 if cell.task == "gqa" else 6)
+        assert record.get("holdout") == ({"documents": 2, "limit": 4} if cell.task == "gqa" else None)
 
 
 def test_artifact_from_another_model_or_reducer_is_refused(tiny_models, artifact, tmp_path):

@@ -129,15 +129,31 @@ def runtime_options(cell: Cell, store, budgets: list[str], load_model, data) -> 
     return {**cell.options, "artifact": str(path)}, fit
 
 
+def calibration_holdout(spec) -> dict[str, int]:
+    """task -> how many of its last documents every cell of the sweep leaves out, because a fit of
+    the sweep calibrates on them (a source drawing from a task's evaluated split)."""
+    from repro.calibration import held_out_task
+
+    holdout: dict[str, int] = {}
+    for entry in spec.methods:
+        if entry.search is None:
+            continue
+        request = fit_request(entry, spec.profile, spec.path)
+        task = held_out_task(request.source, spec.profile)
+        if task is not None:
+            holdout[task] = max(holdout.get(task, 0), request.samples)
+    return holdout
+
+
 def check_disjoint(cell: Cell, excluded: tuple[str, ...]) -> None:
     """A cell must not evaluate the documents its fit calibrated on (`TASK/doc_id`, the last ones of
-    the evaluated split): its `limit` has to stop before the first of them."""
+    the evaluated split): its holdout covers them, or its `limit` stops before the first of them."""
     from repro.eval.tasks import PAPER_TASKS
 
     aliases = {t.name: t.task for t in PAPER_TASKS}
-    first = min((int(doc) for task, _, doc in (e.rpartition("/") for e in excluded)
-                 if aliases.get(task, task) == cell.task), default=None)
-    if first is not None and (cell.limit is None or cell.limit > first):
+    mine = [int(doc) for task, _, doc in (e.rpartition("/") for e in excluded) if aliases.get(task, task) == cell.task]
+    first = min(mine, default=None)
+    if first is not None and cell.holdout < len(mine) and (cell.limit is None or cell.limit > first):
         raise ReproError(f"cell {cell.describe()} would evaluate documents {first} and later of {cell.task}, which "
                          f"its fit calibrated on; set the sweep's limit to at most {first}, or calibrate on another "
                          f"split or task (`calibration: lmms:TASK:SPLIT`)")

@@ -129,6 +129,7 @@ class _Worker:
         self.store, self.source, self.commit, self.budgets = store, source, commit, budgets
         self.models: dict[tuple, Any] = {}
         self.lms: dict[tuple, Any] = {}
+        self.n_docs: dict[str, int] = {}
         self._tm = None
 
     @property
@@ -160,6 +161,21 @@ class _Worker:
             self.lms[cell.group] = (ReproLMM(loaded_model=self.model(cell), **args), args, fit)
         return self.lms[cell.group]
 
+    def limit(self, cell: Cell) -> int | None:
+        """The cell's document limit, stopping before its held-out calibration documents (the task's last
+        `holdout` ones), which no method of the sweep evaluates."""
+        if not cell.holdout:
+            return cell.limit
+        from lmms_eval.tasks import get_task_dict
+
+        if cell.task not in self.n_docs:
+            self.n_docs[cell.task] = len(get_task_dict([cell.task], self.tm)[cell.task].test_docs())
+        n_docs = self.n_docs[cell.task]
+        if n_docs <= cell.holdout:
+            raise ReproError(f"{cell.task} has {n_docs} documents, all of them held out for calibration; "
+                             "calibrate on fewer samples or on another task or split")
+        return min(cell.limit if cell.limit is not None else n_docs, n_docs - cell.holdout)
+
     @staticmethod
     def model_args(cell: Cell, options: dict) -> dict:
         args = {"model": cell.model, "dtype": cell.dtype, "attn": cell.attn, "device": cell.device}
@@ -177,8 +193,9 @@ class _Worker:
         from repro.runner.provenance import provenance
 
         lm, args, fit = self.lm(cell)
+        limit = self.limit(cell)
         t0 = time.perf_counter()
-        res = evaluate(args, [cell.task], task_manager=self.tm, limit=cell.limit, lm=lm, seed=cell.seed)
+        res = evaluate(args, [cell.task], task_manager=self.tm, limit=limit, lm=lm, seed=cell.seed)
         seconds = time.perf_counter() - t0
         if res is None:
             return None
@@ -191,6 +208,8 @@ class _Worker:
                   "metrics": {"benchmark": h.benchmark, "metric": h.metric, "raw": raw, "score": score},
                   "budget_stats": budget_stats(samples), "lmms_eval": summary, "seconds": round(seconds, 2),
                   "processes": parallel.world_size()}
+        if cell.holdout:
+            record["holdout"] = {"documents": cell.holdout, "limit": limit}  # calibration documents kept out
         if fit is not None:
             record["fit"] = fit  # the fitted artifact the cell ran with (name, sha256, calibration, excluded ids)
         self.store.write(cell.key, record, samples)

@@ -90,10 +90,13 @@ class Cell:
     search: dict | None = None
     device: str = "cpu"
     label: str = ""
+    holdout: int = 0  # last documents of the task's split kept out: a fit of this sweep calibrates on them
 
     def config(self) -> dict:
         d = asdict(self)
         d.pop("device"), d.pop("label")
+        if not d["holdout"]:
+            d.pop("holdout")  # keys of sweeps without held-out documents stay as they were
         return d
 
     @property
@@ -308,8 +311,11 @@ def task_version(task: str, profile: str) -> str:
 
 def expand(spec: Spec) -> list[Cell]:
     """All cells of a spec, in a stable order (model, method, budget, seed, task)."""
+    from repro.runner.artifacts import calibration_holdout
+
     harness = harness_version()
     versions = {t: task_version(t, spec.profile) for t in spec.tasks}
+    holdout = calibration_holdout(spec)  # every method skips the documents a fit calibrates on
     cells = []
     for model in spec.models:
         rev = model_revision(model, spec.revision)
@@ -321,7 +327,7 @@ def expand(spec: Spec) -> list[Cell]:
                                           options=_seeded(entry, seed), budget=budget, task=task,
                                           task_version=versions[task], seed=seed, limit=spec.limit,
                                           dtype=spec.dtype, attn=spec.attn, harness=harness, search=entry.search,
-                                          device=spec.device, label=entry.display))
+                                          device=spec.device, label=entry.display, holdout=holdout.get(task, 0)))
     return cells
 
 
