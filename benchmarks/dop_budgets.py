@@ -36,24 +36,26 @@ def main() -> None:
     cal, held = pool[:args.calibration], pool[args.calibration:]
     t0 = time.perf_counter()
     artifact = search(model, cal, [], SearchOptions(), source="tinyworld", progress=False)
+    n_max = model.encode(model.prepare(held[0].images, held[0].question)).patches.numel()
     print(f"{args.model}: search on {len(cal)} samples in {time.perf_counter() - t0:.1f} s, depth step "
           f"{artifact.options.depth_step}")
-    print("| model | R | mode | policy (n_v, D_A, D_P) | mean realized/R | max realized/R | samples over R |")
-    print("|---|---|---|---|---|---|---|")
+    print("| model | R | mode | policy (n_v, D_A, D_P) | mean realized/R | mean where n_v < max | max realized/R "
+          "| samples over R | infeasible samples |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in ratios:
         for mode in ("per_sample", "fixed"):
             method = repro.method("dop", f"ratio:{r}", artifact=artifact, budget_mode=mode)
-            use, n_visual = [], []
+            use, n_visual, infeasible = [], [], 0
             try:
                 method.policy_for(model)
             except ReproError as err:
-                print(f"| {args.model} | {r} | {mode} | infeasible: {err} | | | |", flush=True)
+                print(f"| {args.model} | {r} | {mode} | infeasible: {err} | | | | | |", flush=True)
                 continue
             for s in held:
                 try:
                     stats = model.generate(s.images, s.question, method=method, max_new_tokens=1).stats
-                except ReproError as err:
-                    print(f"  sample {s.id}: {err}", flush=True)
+                except ReproError:  # even no visual token fits R: an error for every method, never a clamp
+                    infeasible += 1
                     continue
                 use.append(stats.tflops["paper"] / stats.unpruned_tflops / r)
                 n_visual.append(stats.visual_tokens)
@@ -61,9 +63,10 @@ def main() -> None:
             policy = f"({p.n_visual}, {p.depths[0][0]}, {p.depths[0][1]})"
             if mode == "per_sample":
                 policy += f", n_v per sample {min(n_visual)}-{max(n_visual)}"
-            use = np.array(use)
-            print(f"| {args.model} | {r} | {mode} | {policy} | {use.mean():.4f} | {use.max():.4f} | "
-                  f"{int((use > 1 + 1e-9).sum())}/{len(use)} |", flush=True)
+            use, bound = np.array(use), np.array(n_visual) < n_max
+            bound_mean = f"{use[bound].mean():.4f} ({int(bound.sum())})" if mode == "per_sample" and bound.any() else "–"
+            print(f"| {args.model} | {r} | {mode} | {policy} | {use.mean():.4f} | {bound_mean} | {use.max():.4f} | "
+                  f"{int((use > 1 + 1e-9).sum())}/{len(use)} | {infeasible} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -96,6 +96,9 @@ class DOP(Method):
         if unknown:
             raise ReproError(f"unknown dop search key(s) {', '.join(unknown)}; allowed: calibration, samples, "
                              f"{', '.join(FIT_KEYS)}")
+        both = [k for k in ("reducer_options", "mha_semantics") if k in fit and k in options and fit[k] != options[k]]
+        if both:
+            raise ReproError(f"{', '.join(both)} differ between the method's options and its search; give them once")
         merged = {**fit, **{k: options[k] for k in ("reducer", "reducer_options", "mha_semantics") if k in options}}
         try:
             config = SearchOptions(**merged)
