@@ -165,11 +165,16 @@ def test_grouped_artifact_drives_evaluation(tiny_models, artifact, tmp_path):
     for chosen in artifact.budgets:
         policy = chosen.policy
         assert len(policy.depths) == 2 and chosen.ratio <= float(chosen.budget.split(":")[1])
-        dop = repro.method("dop", budget=chosen.budget, artifact=path)
+        dop = repro.method("dop", budget=chosen.budget, artifact=path, budget_mode="fixed")
         assert dop.policy_for(model) == policy
         result = model.generate(make_image(0, (150, 90)), QUESTION, method=dop, max_new_tokens=2)
         if policy.n_visual in artifact.shape.group_tokens.points:  # exact group sizes: exact FLOPs
             assert result.stats.tflops["paper"] == pytest.approx(chosen.tflops, rel=1e-12)
+        # per sample (the default): n_v re-solved with the reducer's real group sizes, never over R
+        for size, question in (((150, 90), QUESTION), ((90, 150), QUESTION + " Answer in one word, please.")):
+            stats = model.generate(make_image(1, size), question, max_new_tokens=1,
+                                   method=repro.method("dop", budget=chosen.budget, artifact=path)).stats
+            assert stats.tflops["paper"] <= float(chosen.budget.split(":")[1]) * stats.unpruned_tflops * (1 + 1e-12)
 
 
 def test_groups_need_a_reducer_with_groups(tiny_models):
