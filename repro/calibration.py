@@ -71,13 +71,15 @@ def held_out_task(source: str, profile: str) -> str | None:
 
 
 def calibration_set(source: str, n: int, *, data_dir: Path | str | None = None,
-                    staged: Path | str | None = None) -> CalibrationSet:
-    """`n` samples of `source`; tiny tasks come from `data_dir` (default cache), paper tasks need `staged`."""
+                    staged: Path | str | None = None, avoid: tuple[int, ...] = ()) -> CalibrationSet:
+    """`n` samples of `source`; tiny tasks come from `data_dir` (default cache), paper tasks need `staged`.
+    `avoid`: document positions of the evaluated split an lmms source must not take (the paper
+    reduced run's subset, which is evaluated whole)."""
     check_source(source)
     kind, _, selection = source.partition(":")
     if kind == "tinyworld":
         return CalibrationSet(_tinyworld(source, selection, n, data_dir))
-    return _lmms(source, selection, n, data_dir, staged)
+    return _lmms(source, selection, n, data_dir, staged, set(avoid))
 
 
 def calibration_samples(source: str, n: int, *, data_dir: Path | str | None = None,
@@ -119,7 +121,7 @@ def _tinyworld(source: str, selection: str, n: int, data_dir) -> list[Sample]:
     return samples
 
 
-def _lmms(source: str, selection: str, n: int, data_dir, staged) -> CalibrationSet:
+def _lmms(source: str, selection: str, n: int, data_dir, staged, avoid: set[int]) -> CalibrationSet:
     import difflib
 
     from lmms_eval.tasks import get_task_dict
@@ -161,8 +163,11 @@ def _lmms(source: str, selection: str, n: int, data_dir, staged) -> CalibrationS
     if n > len(docs):
         raise ReproError(f"calibration source {source!r} has only {len(docs)} documents in split {split!r}, "
                          f"{n} asked; ask for fewer samples or use a larger split")
-    if split == evaluated:  # the split's last documents, excluded from evaluation by the runner
-        ids = list(range(len(docs) - n, len(docs)))
+    if split == evaluated:  # the split's last documents (outside `avoid`), excluded from evaluation
+        ids = [i for i in range(len(docs) - 1, -1, -1) if i not in avoid][:n][::-1]
+        if len(ids) < n:
+            raise ReproError(f"calibration source {source!r}: only {len(ids)} documents of {name} lie outside the "
+                             f"evaluated subset, {n} asked")
         samples = [_sample(task, docs[i], f"{name}/{i}") for i in ids]
         return CalibrationSet(samples, tuple(s.id for s in samples))
     return CalibrationSet([_sample(task, docs[i], f"{name}:{split}/{i}") for i in range(n)])

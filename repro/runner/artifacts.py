@@ -78,6 +78,10 @@ def artifact_name(cell: Cell, profile: str = "tiny") -> str:
     request = fit_request(cell, profile)
     ident = {"model": cell.model, "revision": cell.model_revision, "dtype": cell.dtype, "attn": cell.attn,
              **request.identity(), "harness": cell.harness}
+    if cell.model_options:
+        ident["model_options"] = cell.model_options
+    if cell.subset:  # calibration documents are drawn outside the reduced run's subset
+        ident["subset"] = cell.subset
     digest = hashlib.sha256(canonical_json(ident).encode()).hexdigest()[:16]
     return f"{cell.method}-{cell.model}-{digest}"
 
@@ -105,7 +109,12 @@ def ensure_artifact(store, cell: Cell, budgets: list[str], load_model, data) -> 
             return store.artifact_path(name), found
         from repro.calibration import calibration_set
 
-        cal = calibration_set(request.source, request.samples, data_dir=data.data_dir, staged=data.staged)
+        from repro.calibration import held_out_task
+
+        task = held_out_task(request.source, data.profile)
+        avoid = tuple(data.subset_rows(task) or ()) if task is not None and data.subset else ()
+        cal = calibration_set(request.source, request.samples, data_dir=data.data_dir, staged=data.staged,
+                              avoid=avoid)
         log.info("fitting %s for %s on %d samples of %s", request.method, cell.model, request.samples, request.source)
         artifact = request.cls.fit(load_model(), cal.samples, request.config, source=request.source,
                                    excluded=cal.excluded, budgets=tuple(sorted(set(budgets))))
