@@ -147,7 +147,7 @@ CASES: list[tuple[str, Callable, str]] = [
     ("spec none with options", spec_case("  - name: none", "  - name: none\n    options: {k: 1}"), "methods.0: `none`"),
     ("spec figures", spec_case("limit: 2", "limit: 2\nfigures: [pie]"), "figures.0: 'pie'"),
     ("spec dop search samples", spec_case("  - name: none", "  - name: none\n  - name: dop\n    search: {samples: 2.5}"),
-     "search samples must be a whole number"),
+     "search must be a whole number >= 1, got 2.5"),
     ("spec no methods", spec_case("methods:\n  - name: none\n  - name: fastv\n    options: {k: 1}\n", ""),
      "methods: missing"),
     ("spec not YAML", spec_case("limit: 2", "limit: [2"), "is not valid YAML"),
