@@ -68,7 +68,8 @@ def visual_tokens_for_budget(model: "Model", prepared: Prepared, n_visual: int, 
     def cost(n_keep: int) -> float:
         return flops.unpruned_prefill_flops(model.card, n_other + n_keep, "paper")
 
-    return solve_knob(range(n_visual + 1), cost, budget.max_flops(cost(n_visual)))
+    unpruned = flops.unpruned_prefill_flops(model.card, prepared.input_ids.numel(), "paper")
+    return solve_knob(range(n_visual + 1), cost, budget.max_flops(unpruned))
 
 
 def per_image_budgets(model: "Model", prepared: Prepared, capacities: list[int], budget: Budget, *,

@@ -319,7 +319,7 @@ class PatchPool:
 
     def pre_projector(self) -> Tensor:
         s = self._signals
-        return self._rows(s.per_crop_pre_projector, s.pre_projector)
+        return self._rows(lambda: s.per_crop_pre_projector(), lambda: s.pre_projector())
 
     def crops(self) -> list[Tensor]:
         """Positions (in `tokens`) of each crop's patches, crops in encoding order."""
