@@ -9,7 +9,7 @@ target's own feature is added. Merging happens on the vision features before the
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -138,11 +138,4 @@ def merged_output(visual, pool: PatchPool, rows: list[tuple]):
     pre = torch.stack([r[2] for r in rows]) if rows else pool.pre_projector()[:0]
     out = pool.tokens.merge(idx, visual.signals.project(pre))
     out.meta = {**out.meta, "group": torch.tensor([r[3] for r in rows], dtype=torch.long, device=device)}
-    if len(pool.layout):
-        layout = pool.layout
-        layout.meta = {**layout.meta, "group": torch.zeros(len(layout), dtype=torch.long, device=device)}
-        both = torch.cat([out.meta["index"], layout.meta["index"]])
-        order = torch.argsort(both, stable=True)
-        out = replace(out, features=torch.cat([out.features, layout.features])[order],
-                      meta={k: torch.cat([out.meta[k], layout.meta[k]])[order] for k in out.meta})
-    return out
+    return pool.with_layout(out) if len(pool.layout) else out

@@ -109,14 +109,7 @@ class VisPruner(Method):
         tokens = replace(tokens, meta={**meta, "group": group})
         if pool.full_crops:
             return tokens.select(kept[torch.argsort(packing_key(meta)[kept])])
-        layout = pool.layout  # the unpadded variant: newline tokens stay, uncounted
-        layout = replace(layout, meta={**layout.meta, "group": torch.zeros(len(layout), dtype=torch.long,
-                                                                                 device=scores.device)})
-        out = tokens.select(torch.sort(kept).values)
-        both = torch.cat([out.meta["index"], layout.meta["index"]])
-        order = torch.argsort(both, stable=True)
-        return replace(out, features=torch.cat([out.features, layout.features])[order],
-                       meta={k: torch.cat([out.meta[k], layout.meta[k]])[order] for k in out.meta})
+        return pool.with_layout(tokens.select(torch.sort(kept).values))  # unpadded variant: newlines stay
 
 
 def packing_key(meta: dict[str, Tensor]) -> Tensor:

@@ -40,6 +40,7 @@ class Prepared:
     prompt: str
     inputs: dict[str, Tensor]
     images: list[Image.Image]
+    question: str = ""  # the user's text as given (text-conditioned reducers score against it)
 
     @property
     def input_ids(self) -> Tensor:
@@ -155,6 +156,10 @@ class VisionSignals:
         """Pre-projector vision features -> LLM space, with the model's own projector."""
         raise NotImplementedError(f"{type(self).__name__} cannot project merged features")
 
+    def post_norm(self, pre: Tensor) -> Tensor:
+        """The tower's final norm (CLIP `post_layernorm`), the input of CLIP's visual projection."""
+        raise NotImplementedError(f"{type(self).__name__} has no CLIP post-layernorm")
+
     # Per-crop computations, (n_crops, n_patches[, ...]); implemented per family.
     def crop_cls_attention(self, layer: int | None) -> Tensor:
         """(n_crops, n_patches, heads)."""
@@ -234,7 +239,7 @@ class Adapter:
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
-        return Prepared(prompt, inputs, list(images))
+        return Prepared(prompt, inputs, list(images), question)
 
     def encode(self, prepared: Prepared) -> VisualTokens:
         raise NotImplementedError
@@ -325,6 +330,16 @@ class PatchPool:
         """Positions (in `tokens`) of each crop's patches, crops in encoding order."""
         crop = self.tokens.meta["crop"]
         return [(crop == c).nonzero().flatten() for c in torch.unique(crop)]
+
+    def with_layout(self, out: VisualTokens) -> VisualTokens:
+        """`out` (drawn from this pool) joined by the pool's layout tokens, in index order (group 0)."""
+        layout = self.layout
+        if "group" in out.meta:
+            layout = replace(layout, meta={**layout.meta, "group": torch.zeros(len(layout), dtype=torch.long,
+                                                                                 device=layout.features.device)})
+        order = torch.argsort(torch.cat([out.meta["index"], layout.meta["index"]]), stable=True)
+        return replace(out, features=torch.cat([out.features, layout.features])[order],
+                       meta={k: torch.cat([out.meta[k], layout.meta[k]])[order] for k in out.meta})
 
     def images(self) -> list[Tensor]:
         image = self.tokens.meta["image"]

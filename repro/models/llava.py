@@ -23,8 +23,8 @@ class ClipSignals(VisionSignals):
         super().__init__(meta)
         self._projector = hf.model.multi_modal_projector
         self._grid = grid  # LLaVA-NeXT: every crop patch's coordinates on the stitched grid
-        self._encoder = hf.model.vision_tower.vision_model.encoder if hasattr(
-            hf.model.vision_tower, "vision_model") else hf.model.vision_tower.encoder
+        tower = hf.model.vision_tower.vision_model if hasattr(hf.model.vision_tower, "vision_model") else hf.model.vision_tower
+        self._encoder, self._post_layernorm = tower.encoder, tower.post_layernorm
         self._hidden = hidden_states
         self._feature_layer = hf.config.vision_feature_layer
 
@@ -64,6 +64,10 @@ class ClipSignals(VisionSignals):
 
     def crop_grid_meta(self) -> dict[str, Tensor]:
         return self._grid if self._grid is not None else super().crop_grid_meta()
+
+    def post_norm(self, pre: Tensor) -> Tensor:
+        norm = self._post_layernorm
+        return norm(pre.to(norm.weight.dtype))
 
     def project(self, pre: Tensor) -> Tensor:
         return self._projector(pre.to(next(self._projector.parameters()).dtype))

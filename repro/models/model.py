@@ -65,6 +65,16 @@ class Model:
         self.adapter = adapter
         self.card = card
         self.engine = Engine(adapter.decoder, backend=attn_implementation)
+        self._text_towers: dict[str | None, Any] = {}
+
+    def text_tower(self, source: str | None = None):
+        """The CLIP text tower of this model (CDPruner, TRIM), loaded once per instance;
+        `source` overrides the default (a hub id, a folder, or "random")."""
+        if source not in self._text_towers:
+            from repro.models.text_tower import text_tower_for
+
+            self._text_towers[source] = text_tower_for(self, source)
+        return self._text_towers[source]
 
     def __repr__(self) -> str:
         return f"Model({self.name!r}, family={self.adapter.family!r}, backend={self.engine.backend!r})"
