@@ -88,6 +88,7 @@ class InternViTSignals(VisionSignals):
                                              scale_factor=self._model.config.downsample_ratio)
         return shuffled.reshape(x.shape[0], -1, shuffled.shape[-1])
 
+    @torch.inference_mode()
     def project(self, pre: Tensor) -> Tensor:
         return self._projector(pre.to(next(self._projector.parameters()).dtype))
 

@@ -65,10 +65,12 @@ class ClipSignals(VisionSignals):
     def crop_grid_meta(self) -> dict[str, Tensor]:
         return self._grid if self._grid is not None else super().crop_grid_meta()
 
+    @torch.inference_mode()
     def post_norm(self, pre: Tensor) -> Tensor:
         norm = self._post_layernorm
         return norm(pre.to(norm.weight.dtype))
 
+    @torch.inference_mode()
     def project(self, pre: Tensor) -> Tensor:
         return self._projector(pre.to(next(self._projector.parameters()).dtype))
 
