@@ -45,12 +45,16 @@ class TextTower:
         return self.visual_projection.weight.device
 
     def _ids(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=True)["input_ids"]
+        """Token ids ending with EOS, where CLIP pools (CLIP's tokenizer adds it; others may not)."""
+        ids = self.tokenizer(text, add_special_tokens=True)["input_ids"]
+        eos = self.tokenizer.eos_token_id
+        return ids if eos is None or (ids and ids[-1] == eos) else ids + [eos]
 
     @torch.inference_mode()
     def embed(self, text: str) -> Tensor:
         """(d,) `text_embeds` of `text` truncated to 77 tokens (TRIM), not normalised."""
-        ids = self._ids(text)[:CONTEXT]
+        ids = self._ids(text)
+        ids = ids if len(ids) <= CONTEXT else ids[: CONTEXT - 1] + ids[-1:]  # truncated, EOS kept (CLIP's truncation)
         return self.text(input_ids=torch.tensor([ids], device=self.device)).text_embeds[0].float()
 
     @torch.inference_mode()
