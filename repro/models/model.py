@@ -58,12 +58,13 @@ class Model:
     """An HF multimodal model, its processor, its family adapter and its architecture card."""
 
     def __init__(self, name: str, hf: Any, processor: Any, adapter: Adapter, card: ArchCard,
-                 attn_implementation: str = "sdpa"):
+                 attn_implementation: str = "sdpa", random_weights: bool = False):
         self.name = name
         self.hf = hf
         self.processor = processor
         self.adapter = adapter
         self.card = card
+        self.random_weights = random_weights  # built offline with random weights (tiny/bench models, timing runs)
         self.engine = Engine(adapter.decoder, backend=attn_implementation)
         self._text_towers: dict[str | None, Any] = {}
 

@@ -7,7 +7,8 @@ checkpoint's `visual_projection` (which LLaVA does not ship). Sources, per model
 * registry LLaVA checkpoints: `CLIPTextModelWithProjection.from_pretrained` of the entry's
   `text_tower` hub id (openai/clip-vit-large-patch14-336), plus its `visual_projection` weight
   read from the same snapshot; staged like the model weights (`hf download <id>`);
-* the tiny random families: a random tower built offline (deterministic, the model's tokenizer);
+* models built with random weights (the tiny families, benchmark and timing models): a random
+  tower built offline (deterministic, the model's tokenizer);
 * `tinyworld-llava`: the tower shipped next to it, trained contrastively against its frozen
   vision tower (`python -m repro.tinyworld text-tower`), when present;
 * any other model: a hub id or folder given as the method's `text_tower` option.
@@ -25,7 +26,6 @@ from torch import Tensor, nn
 from repro.errors import ReproError
 
 CONTEXT = 77  # CLIP's text context length
-TINY_FAMILIES = {"tiny-llava-1.5": "llava-1.5", "tiny-llava-next": "llava-next"}
 SHIPPED_TEXT_TOWER = Path(__file__).resolve().parent.parent / "tinyworld" / "weights" / "tinyworld-text-tower"
 TRAIN_COMMAND = "python -m repro.tinyworld text-tower --out repro/tinyworld/weights/tinyworld-text-tower"
 
@@ -135,7 +135,7 @@ def text_tower_for(model, source: str | None = None) -> TextTower:
 
             verify_checksums(Path(source), retrain=TRAIN_COMMAND)
         return clip_text_tower(source, device=model.adapter.device)
-    if model.name in TINY_FAMILIES:
+    if getattr(model, "random_weights", False):  # tiny/bench families, timing runs: the code path, not semantics
         return random_text_tower(model.tokenizer, _vision_hidden(model), device=model.adapter.device)
     if model.name == "tinyworld-llava":
         if not (SHIPPED_TEXT_TOWER / "SHA256SUMS").is_file():

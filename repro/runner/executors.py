@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from repro.errors import ReproError
-from repro.runner.spec import UNPRUNED, Cell
+from repro.runner.spec import UNPRUNED, Cell, canonical_json
 from repro.runner.store import Store
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ class _Worker:
         return self._tm
 
     def model(self, cell: Cell):
-        key = (cell.model, cell.dtype, cell.attn, cell.device)
+        key = (cell.model, cell.dtype, cell.attn, cell.device, canonical_json(cell.model_options))
         if key not in self.models:
             import repro
 
@@ -119,7 +119,7 @@ class _Worker:
             from repro.eval.parallel import process_device
 
             self.models[key] = repro.load(cell.model, dtype=cell.dtype, device=process_device(cell.device),
-                                          attn_implementation=cell.attn)
+                                          attn_implementation=cell.attn, **cell.model_options)
         return self.models[key]
 
     def lm(self, cell: Cell):

@@ -10,7 +10,9 @@ all), `seeds`, `dtype`, `attn`, `device`, `budgets` (default budgets of every me
 optional `default` entry, for native token budgets that differ per model), `methods`
 (list of {name, options, budgets, search}; `none` is the unpruned model), `revision` (hub revision of
 registry models, default main), `staged` (paper data folder), `threads` (torch CPU threads of the
-worker; speed only, never part of a key: on a shared 2-core machine 1 thread is ~8x faster than 2).
+worker; speed only, never part of a key: on a shared 2-core machine 1 thread is ~8x faster than 2),
+`model_options` (model -> `repro.load` image-side options, e.g. `llava-next-7b: {protocol: fixed}` for the
+672×672 protocol the VisPruner/CDPruner tables assume; part of the cells' keys when set).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ FORMAT = "repro-cell/1"
 UNPRUNED = "none"
 PROFILES = ("tiny", "paper")
 SPEC_KEYS = {"profile", "table", "description", "models", "tasks", "split", "limit", "seeds", "dtype", "attn",
-             "device", "budgets", "methods", "revision", "staged", "figures", "threads"}
+             "device", "budgets", "methods", "revision", "staged", "figures", "threads", "model_options"}
 METHOD_KEYS = {"name", "options", "budgets", "search", "label"}
 
 
@@ -69,6 +71,7 @@ class Spec:
     staged: str | None = None
     figures: tuple[str, ...] = ()
     threads: int | None = None
+    model_options: dict = field(default_factory=dict)  # model -> repro.load options (e.g. protocol)
 
 
 @dataclass(frozen=True)
@@ -90,10 +93,13 @@ class Cell:
     search: dict | None = None
     device: str = "cpu"
     label: str = ""
+    model_options: dict = field(default_factory=dict)  # repro.load options (LLaVA-NeXT protocol, ...)
 
     def config(self) -> dict:
         d = asdict(self)
         d.pop("device"), d.pop("label")
+        if not d["model_options"]:
+            d.pop("model_options")  # absent = the keys every earlier record was stored under
         return d
 
     @property
@@ -104,7 +110,7 @@ class Cell:
     def group(self) -> tuple:
         """Cells sharing a loaded model and method instance (all tasks of one row)."""
         return (self.model, self.dtype, self.attn, self.device, self.method, canonical_json(self.options),
-                self.budget, self.seed, canonical_json(self.search))
+                self.budget, self.seed, canonical_json(self.search), canonical_json(self.model_options))
 
     def describe(self) -> str:
         budget = f"@{self.budget}" if self.budget else ""
@@ -175,9 +181,19 @@ def load_spec(path: Path | str, *, models: list[str] | None = None, limit: int |
                 attn=str(raw.get("attn", "sdpa")), device=str(raw.get("device", "cpu")),
                 revision=str(raw.get("revision", "main")), staged=raw.get("staged"),
                 figures=tuple(_as_list(raw.get("figures"), "figures", p)),
-                threads=int(raw["threads"]) if raw.get("threads") else None)
+                threads=int(raw["threads"]) if raw.get("threads") else None,
+                model_options=_model_options(raw.get("model_options"), spec_models, p))
     check_spec(spec)
     return spec
+
+
+def _model_options(value: Any, models: list[str], path: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise ReproError(f"{path}: `model_options` maps a model to its load options, e.g. "
+                         "`llava-next-7b: {protocol: fixed}`")
+    return {str(k): dict(v) for k, v in value.items() if str(k) in models}
 
 
 def _method_entry(m: Any, default_budgets: tuple, path: str) -> MethodEntry:
@@ -321,7 +337,8 @@ def expand(spec: Spec) -> list[Cell]:
                                           options=_seeded(entry, seed), budget=budget, task=task,
                                           task_version=versions[task], seed=seed, limit=spec.limit,
                                           dtype=spec.dtype, attn=spec.attn, harness=harness, search=entry.search,
-                                          device=spec.device, label=entry.display))
+                                          device=spec.device, label=entry.display,
+                                          model_options=dict(spec.model_options.get(model, {}))))
     return cells
 
 
