@@ -107,7 +107,8 @@ def test_paper_dry_run_lists_the_plan_and_what_is_missing(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.splitlines()
     assert lines[0].startswith("profile: paper")
-    assert any(line.startswith("plan: 546 cells") for line in lines)
+    assert any(line.startswith("plan: 1430 cells") for line in lines)
+    assert "CLIP text tower of llava-1.5-7b for cdpruner, trim (openai/clip-vit-large-patch14-336)" in out.stdout
     assert "GPU hours" in out.stdout
     assert f"dataset gqa in {tmp_path / 'nothing' / 'gqa'}" in out.stdout
     assert "hf download lmms-lab/GQA --repo-type dataset" in out.stdout

@@ -8,7 +8,7 @@ from repro.budget import Budget
 from repro.errors import ReproError
 from repro.methods.base import Method
 from repro.methods.dop.policy import MHA_SEMANTICS, Policy, policy_schedule
-from repro.methods.dop.search import choose, load_artifact
+from repro.methods.dop.search import choose, load_artifact, reducer_options
 from repro.methods.registry import method as build_method
 from repro.methods.registry import register
 
@@ -81,19 +81,8 @@ class DOP(Method):
         n_visual = self.policy_for(model).n_visual
         if n_visual >= visual.patches.numel() and not self.grouped(model):
             return visual
-        reducer = build_method(self.reducer, f"tokens:{n_visual}", **self._reducer_options())
+        reducer = build_method(self.reducer, f"tokens:{n_visual}", **reducer_options(self.reducer, self.reducer_options))
         return reducer.reduce(model, prepared, visual)
-
-    def _reducer_options(self) -> dict:
-        """The reducer's options; a reducer with LLaVA-NeXT's official all-crop-patches packing runs
-        on the model's own (unpadded, newline) sequence here, which DOP's search and FLOPs model
-        describe (n_layout newline tokens kept), unless the options say otherwise."""
-        from repro.methods.registry import method_spec
-
-        spec = method_spec(self.reducer)
-        if spec is not None and "full_crops" in spec.faithful_options():
-            return {"full_crops": False, **self.reducer_options}
-        return dict(self.reducer_options)
 
     def planner(self, model, seq):
         groups = None
