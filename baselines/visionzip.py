@@ -10,6 +10,7 @@ target's own feature is added. Merging happens on the vision features before the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -110,16 +111,7 @@ class VisionZip(Method):
                 z = visionzip_crop(scores[crop], keys[crop], pre[crop], n_dom - (with_cls and n_dom > 0), n_ctx,
                                    heads=heads)
                 tile = rank > 0 and pool.full_crops  # official NeXT packing of the tiles (card)
-
-                def key(sub: int, pos: int, p: int) -> tuple:
-                    if by_index:
-                        return (int(meta["index"][p]), sub)
-                    if not tile:
-                        return (img, 0, rank, sub, pos)
-                    if sub == 1:  # tiles' dominant patches: raster order over the stitched grid
-                        return (img, 1, int(meta["row"][p]), int(meta["col"][p]), 0)
-                    return (img, 2 if sub == 0 else 3, rank, pos, 0)
-
+                key = partial(_order_key, meta, by_index, tile, img, rank)
                 if with_cls and n_dom > 0:
                     rows.append((key(0, 0, int(crop[0])), int(crop[0]), cls_pre[int(meta["crop"][crop[0]])], 0))
                 for j in z.dominant.tolist():
@@ -127,6 +119,17 @@ class VisionZip(Method):
                 for t, target in enumerate(z.targets.tolist()):
                     rows.append((key(2, t, int(crop[target])), int(crop[target]), z.contextual[t], 1))
         return merged_output(visual, pool, rows)
+
+
+def _order_key(meta, by_index: bool, tile: bool, img: int, rank: int, sub: int, pos: int, p: int) -> tuple:
+    """Where a VisionZip output row goes (sub 0 [CLS], 1 dominant, 2 contextual; `p` its anchor)."""
+    if by_index:  # the unpadded NeXT variant: sequence order
+        return (int(meta["index"][p]), sub)
+    if not tile:  # base crop / single crop / tile of a family without the NeXT packing
+        return (img, 0, rank, sub, pos)
+    if sub == 1:  # tiles' dominant patches: raster order over the stitched grid
+        return (img, 1, int(meta["row"][p]), int(meta["col"][p]), 0)
+    return (img, 2 if sub == 0 else 3, rank, pos, 0)  # then the tiles' [CLS], then their contextual
 
 
 def merged_output(visual, pool: PatchPool, rows: list[tuple]):

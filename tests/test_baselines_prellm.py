@@ -4,7 +4,6 @@ merge rule, merged features against a direct computation, and the methods on the
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import numpy as np
@@ -21,7 +20,7 @@ from baselines.trim import trim_keep, trim_merge, trim_scores
 from baselines.visionzip import split_dominant, visionzip_crop
 from repro import flops
 from repro.errors import ReproError
-from repro.models.adapter import LAYOUT, PATCH, VisualTokens
+from repro.models.adapter import PATCH, VisualTokens
 
 from conftest import TINY, make_image
 
@@ -195,7 +194,7 @@ def test_trim_ties_and_empty_complement():
     sigma = torch.tensor([0.25, 0.25, 0.25, 0.25])
     assert trim_keep(sigma, 2).tolist() == [0, 1]
     F = torch.randn(2, 3)
-    kept, mean = trim_merge(F, torch.tensor([0, 1]))
+    _, mean = trim_merge(F, torch.tensor([0, 1]))
     assert torch.equal(mean, torch.zeros(3))
 
 

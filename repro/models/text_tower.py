@@ -120,7 +120,7 @@ def _visual_projection_weight(source: str) -> Tensor:
         folder = Path(snapshot_download(source, allow_patterns=["*.safetensors", "*.json", "*.txt"]))
     for file in sorted(folder.glob("*.safetensors")):
         with safe_open(str(file), framework="pt") as f:
-            if "visual_projection.weight" in f.keys():
+            if "visual_projection.weight" in f.keys():  # noqa: SIM118 (safe_open has no __contains__)
                 return f.get_tensor("visual_projection.weight").float()
     raise KeyError("visual_projection.weight")
 
