@@ -389,3 +389,25 @@ def test_bad_input_is_one_clear_error(tiny_models):
         reduced(model, "cdpruner", "tokens:4", text_tower="/nonexistent/clip-text")
     with pytest.raises(ReproError, match="needs a budget"):
         repro.method("visionzip")
+
+
+@torch.inference_mode()
+def test_visionzip_and_cdpruner_follow_the_official_llava_next_packing(tiny_models):
+    """VisionZip: the base crop's [CLS] first, then its dominant and contextual tokens, then the
+    tiles' dominant patches in stitched raster order; CDPruner: T per crop, no newline tokens."""
+    model = tiny_models["tiny-llava-next"]["sdpa"]
+    prepared = model.prepare(make_image(7, IMAGE), QUESTION)
+    visual = model.encode(prepared)
+    n_crops = int(visual.meta["crop"].max()) + 1
+    out = repro.method("visionzip", f"tokens:{7 * n_crops}").reduce(model, prepared, visual)
+    assert len(out) == 7 * n_crops and bool((out.meta["kind"] == PATCH).all())
+    cls = visual.signals.project(visual.signals.cls_feature()[0])
+    assert torch.allclose(out.features[0], cls, atol=1e-6)
+    n_dom, n_ctx = split_dominant(7)
+    base = out.meta["crop"][: n_dom + n_ctx]
+    assert bool((base == 0).all()) and out.meta["group"][:n_dom].tolist() == [0] * n_dom
+    tiles = out.meta["crop"][n_dom + n_ctx:][: (n_crops - 1) * (n_dom - 1)]
+    rows, cols = (out.meta[k][n_dom + n_ctx:][: tiles.numel()] for k in ("row", "col"))
+    assert bool((tiles > 0).all()) and torch.equal(rows * 1000 + cols, torch.sort(rows * 1000 + cols).values)
+    kept = repro.method("cdpruner", f"tokens:{3 * n_crops}").reduce(model, prepared, visual)
+    assert torch.bincount(kept.meta["crop"], minlength=n_crops).tolist() == [3] * n_crops
