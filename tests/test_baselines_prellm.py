@@ -411,3 +411,16 @@ def test_visionzip_and_cdpruner_follow_the_official_llava_next_packing(tiny_mode
     assert bool((tiles > 0).all()) and torch.equal(rows * 1000 + cols, torch.sort(rows * 1000 + cols).values)
     kept = repro.method("cdpruner", f"tokens:{3 * n_crops}").reduce(model, prepared, visual)
     assert torch.bincount(kept.meta["crop"], minlength=n_crops).tolist() == [3] * n_crops
+
+
+def test_tinyworld_text_tower_is_shipped_verified_and_used():
+    """The shipped tower loads through the checksummed path; CDPruner and TRIM run with it."""
+    model = repro.load("tinyworld-llava")
+    tower = model.text_tower()
+    assert "tinyworld-text-tower" in tower.source
+    image = make_image(3, (168, 168))
+    for name in ("cdpruner", "trim"):
+        result = model.generate(image, QUESTION, method=repro.method(name, "tokens:16"), max_new_tokens=1)
+        assert result.stats.visual_tokens == 16, name
+    caption = tower.embed("top left: big red circle")
+    assert caption.shape == (tower.visual_projection.out_features,) and torch.isfinite(caption).all()

@@ -98,7 +98,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     import repro
 
     torch.set_num_threads(args.threads)
-    started = time.time()
+    started, cpu_started = time.time(), time.process_time()
     model = repro.load("tinyworld-llava")
     tokenizer = model.tokenizer
     train, val = scenes(args.seed, args.scenes), scenes(VALIDATION_SEED + args.seed, args.validation)
@@ -144,6 +144,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
               str(out / "visual_projection.safetensors"))
     write_checksums(out)
     record = {"command": "python -m repro.tinyworld text-tower " + " ".join(argv), "seconds": round(time.time() - started, 1),
+              "cpu_seconds": round(time.process_time() - cpu_started, 1),
               "feature_seconds": round(feature_time, 1), "threads": args.threads, "train_scenes": args.scenes,
               "validation_scenes": args.validation, "steps": args.steps, "final_loss": round(losses[-1], 4),
               "validation_retrieval": figures}
