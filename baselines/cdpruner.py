@@ -112,7 +112,7 @@ class CDPruner(Method):
         if source == "llm_embed":
             return normalised_relevance(pool.tokens.features, llm_instruction_embeds(model, prepared.question))
         tower = model.text_tower(self.text_tower)
-        image = tower.image_embeds(pool._signals.post_norm(pool.pre_projector()))
+        image = tower.image_embeds(pool.signals.post_norm(pool.pre_projector()))
         return normalised_relevance(image, tower.embed_segments(instruction_text(prepared.question)))
 
     def reduce(self, model, prepared, visual):

@@ -112,7 +112,7 @@ class PruMergePlus(Method):
 
     def _scores(self, pool: PatchPool, model) -> tuple[Tensor, Tensor]:
         if model.family in ("llava-1.5", "llava-next"):
-            layer = self.layer if self.layer is not None else pool._signals.default_layer() + 1
+            layer = self.layer if self.layer is not None else pool.signals.default_layer() + 1
             return pool.cls_attention_one_head(layer), pool.keys(layer)
         # harness: towers without the reference's layer use the model's [CLS] (or substitute) signal
         return pool.cls_attention(self.layer).float().mean(-1), pool.keys(self.layer)

@@ -73,7 +73,7 @@ class TRIM(Method):
         else:
             tower = model.text_tower(self.text_tower)
             text = tower.embed(prepared.question.replace("<image>", " "))
-            image = tower.image_embeds(pool._signals.post_norm(pool.pre_projector()))
+            image = tower.image_embeds(pool.signals.post_norm(pool.pre_projector()))
         sigma = torch.zeros(len(pool.tokens), device=image.device)
         for crop in crops:
             sigma[crop] = trim_scores(image[crop], text)

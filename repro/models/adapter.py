@@ -297,7 +297,7 @@ class PatchPool:
 
     def __init__(self, visual: VisualTokens, *, full_crops: bool):
         self.full_crops = full_crops
-        self._signals = visual.signals
+        self.signals = visual.signals
         if full_crops:
             self.tokens = crop_grid_tokens(visual)
             self.layout = visual.select(visual.patches[:0])
@@ -311,19 +311,19 @@ class PatchPool:
 
     def cls_attention(self, layer: int | None = None) -> Tensor:
         """(n, heads)."""
-        s = self._signals
+        s = self.signals
         return self._rows(lambda: s.per_crop_cls_attention(layer), lambda: s.cls_attention(layer, reduce="none"))
 
     def cls_attention_one_head(self, layer: int | None = None) -> Tensor:
-        s = self._signals
+        s = self.signals
         return self._rows(lambda: s.per_crop_cls_attention_one_head(layer), lambda: s.cls_attention_one_head(layer))
 
     def keys(self, layer: int | None = None) -> Tensor:
-        s = self._signals
+        s = self.signals
         return self._rows(lambda: s.per_crop_keys(layer), lambda: s.keys(layer))
 
     def pre_projector(self) -> Tensor:
-        s = self._signals
+        s = self.signals
         return self._rows(lambda: s.per_crop_pre_projector(), lambda: s.pre_projector())
 
     def crops(self) -> list[Tensor]:
