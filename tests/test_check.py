@@ -185,4 +185,4 @@ def test_run_all_defaults_to_the_tiny_main_table():
     first, second = out.stdout.splitlines()[:2]
     assert first.startswith("profile: tiny (default")
     assert second.startswith("table: main (sweep sweeps/tiny/main.yaml")
-    assert "plan: 130 cells" in out.stdout
+    assert "plan: 364 cells" in out.stdout  # (unpruned + 9 methods x 3 budgets) x 13 tasks
