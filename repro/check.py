@@ -8,18 +8,17 @@ Two registries:
   against regressions and are refreshed after the shipped weights change with
   `python -m repro check --profile tiny --update-golden`.
 
-Prints pass / fail / missing per reference row with deltas; exits 1 on any failure.
+The command (`run_check`: printing, exit status, the check table) is repro.report.check_report.
 """
 
 from __future__ import annotations
 
 import csv
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from repro.errors import ReproError
-from repro.runner.spec import UNPRUNED, Cell, Spec, expand, load_spec
+from repro.runner.spec import UNPRUNED, Cell, Spec, expand
 from repro.runner.store import Store
 
 REPO = Path(__file__).resolve().parents[1]  # the checkout: registries live beside the code
@@ -222,64 +221,3 @@ def environment_note(records: list[dict | None]) -> str | None:
         parts.append(f"{off} of {len(found)} cells in an environment that departs from its lock "
                      "(record provenance.lock_departures)")
     return "environment: " + "; ".join(parts) + "; a difference may come from package versions"
-
-def format_rows(rows: list[CheckRow]) -> list[dict]:
-    def num(x: float | str | None) -> str:
-        if isinstance(x, str):
-            return x
-        return "–" if x is None or math.isnan(x) else f"{x:.6g}"
-
-    return [{"model": r.model, "method": r.method, "budget": r.budget, "benchmark": r.benchmark, "metric": r.metric,
-             "reference": num(r.reference), "reproduced": num(r.reproduced), "delta": num(r.delta),
-             "tolerance": num(r.tolerance), "status": r.status, "source": r.source} for r in rows]
-
-
-CHECK_COLUMNS = ["model", "method", "budget", "benchmark", "metric", "reference", "reproduced", "delta", "tolerance",
-                 "status", "source"]
-
-
-def run_check(*, profile: str, spec_path: str | None, store: str | None, reference: str | None,
-              tolerances: str | Path = TOLERANCES,
-              update_golden: bool, out: str | None) -> int:
-    from repro.runner.sweep import default_store, run_sweep
-
-    store_obj = Store(store or default_store(profile))
-    if profile == "tiny":
-        spec = load_spec(spec_path or REPO / "sweeps" / "tiny" / "golden.yaml")
-        run_sweep(spec, store_obj.root, progress=False)
-        golden = Path(reference) if reference else GOLDEN
-        if update_golden:
-            print(f"wrote {write_golden(golden_rows(spec, store_obj), golden)}")
-            return 0
-        rows = compare_golden(spec, store_obj, golden, load_tolerances(tolerances, "golden"))
-    else:
-        if update_golden:
-            raise ReproError("--update-golden is for the tiny profile (the paper profile compares published numbers)")
-        tols = load_tolerances(tolerances, "reported")
-        rows = []
-        for path in [spec_path] if spec_path else PAPER_SPECS:
-            rows += compare_reported(load_spec(path), store_obj, Path(reference) if reference else REPORTED, tols)
-    table = format_rows(rows)
-    from repro.cli import _format_table
-
-    cells = expand(spec) if profile == "tiny" else [c for path in ([spec_path] if spec_path else PAPER_SPECS)
-                                                   for c in expand(load_spec(path))]
-
-    print(_format_table(CHECK_COLUMNS[:-1], [[t[c] for c in CHECK_COLUMNS[:-1]] for t in table]))
-    counts = {s: sum(r.status == s for r in rows) for s in ("pass", "fail", "missing")}
-    print(f"check ({profile}): {counts['pass']} pass, {counts['fail']} fail, {counts['missing']} missing "
-          f"of {len(rows)} reference values")
-    note = environment_note([store_obj.read(c.key) for c in cells])
-    if note:
-        print(note)
-    if out:
-        from repro.report.tables import write_table
-
-        for path in write_table(table, CHECK_COLUMNS, out, f"check-{profile}", f"repro check --profile {profile}"):
-            print(f"wrote {path}")
-    for r in rows:
-        if r.status == "fail":
-            delta = "" if r.delta is None else f"delta {r.delta:+.3g}, tolerance {r.tolerance:g}; "
-            print(f"FAIL {r.model} {r.method} {r.budget} {r.benchmark} {r.metric}: reproduced {r.reproduced}, "
-                  f"reference {r.reference} ({delta}{r.source})")
-    return 1 if counts["fail"] else 0

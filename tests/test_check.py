@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from repro.check import compare_reported, load_tolerances, run_check
+from repro.check import compare_reported, load_tolerances
 from repro.errors import ReproError
+from repro.report.check_report import run_check
 from repro.runner.spec import expand, load_spec
 from repro.runner.store import Store
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from repro.report.sweep import write_reports
 from repro.runner.executors import SlurmOptions
-from repro.runner.report import write_reports
 from repro.runner.spec import expand, load_spec
 from repro.runner.store import Store
 from repro.runner.sweep import run_sweep

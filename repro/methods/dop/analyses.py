@@ -19,7 +19,7 @@ from repro.methods.dop.search import (
     interpolate,
     policy_flops,
 )
-from repro.report.figures import pyplot, save
+from repro.report.plotting import pyplot, save
 
 
 def is_grouped(artifact: dict) -> bool:

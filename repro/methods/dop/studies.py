@@ -21,7 +21,7 @@ from repro.errors import ReproError
 from repro.methods.dop.outputs import write_csv
 from repro.methods.dop.policy import Policy
 from repro.methods.dop.search import SampleRunner, SearchOptions, policy_flops, search
-from repro.report.figures import pyplot, save
+from repro.report.plotting import pyplot, save
 
 
 class HeldOut:
