@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from repro.errors import ReproError
+from repro.runner.records import CellRecord, SampleRecord
 from repro.runner.spec import UNPRUNED, Cell, Spec, expand
 from repro.runner.store import Store
 
@@ -93,24 +94,25 @@ def golden_rows(spec: Spec, store: Store) -> list[dict]:
     """One row per cell and value (the headline score and the realized TFLOPs) from the store."""
     rows = []
     for cell in expand(spec):
-        rec = store.read(cell.key)
+        rec = store.read_cell(cell.key)
         if rec is None:
             raise ReproError(f"cell {cell.describe()} has no record in {store.root}; run the sweep first")
         base = {"model": cell.model, "model_revision": cell.model_revision, "method": cell.label,
                 "budget": cell.budget or "-", "seed": cell.seed, "task": cell.task,
-                "benchmark": rec["metrics"]["benchmark"], "source": f"{spec.path} record {cell.key}"}
-        rows.append({**base, "metric": rec["metrics"]["metric"], "value": repr(rec["metrics"]["score"])})
-        rows.append({**base, "metric": "tflops_paper", "value": repr(rec["budget_stats"]["tflops_paper"]["mean"])})
-        rows.append({**base, "metric": "responses_sha256", "value": responses_digest(store.read_samples(cell.key))})
+                "benchmark": rec.metrics.benchmark, "source": f"{spec.path} record {cell.key}"}
+        rows.append({**base, "metric": rec.metrics.metric, "value": repr(rec.metrics.score)})
+        rows.append({**base, "metric": "tflops_paper", "value": repr(rec.tflops_paper_mean)})
+        rows.append({**base, "metric": "responses_sha256",
+                     "value": responses_digest(store.read_sample_records(cell.key))})
     return rows
 
 
-def responses_digest(samples: list[dict]) -> str:
+def responses_digest(samples: list[SampleRecord]) -> str:
     """sha256 (16 hex digits) of the cell's answers in document order: any changed answer shows."""
     import hashlib
     import json
 
-    answers = [(s["doc_id"], s["resps"]) for s in sorted(samples, key=lambda s: s["doc_id"])]
+    answers = [(s.doc_id, s.responses) for s in sorted(samples, key=lambda s: s.doc_id)]
     return hashlib.sha256(json.dumps(answers, ensure_ascii=False).encode()).hexdigest()[:16]
 
 
@@ -173,7 +175,7 @@ def compare_reported(spec: Spec, store: Store, registry: Path, tols: dict[str, f
                 ident = _reported_identity(r)
                 if ident is None or ident not in cells or not r["value"]:
                     continue
-                values = [_reported_scale(store.read(c.key), ident[3]) for c in cells[ident]]
+                values = [_reported_scale(store.read_cell(c.key), ident[3]) for c in cells[ident]]
                 values = [v for v in values if v is not None]
                 mine = sum(values) / len(values) if values else None
                 out.append(CheckRow(ident[0], r["method"], ident[2], ident[3], r["metric"], float(r["value"]), mine,
@@ -194,10 +196,10 @@ def _reported_identity(r: dict) -> tuple | None:
     return (model, method, budget, bench)
 
 
-def _reported_scale(record: dict | None, benchmark: str) -> float | None:
+def _reported_scale(record: CellRecord | None, benchmark: str) -> float | None:
     if record is None:
         return None
-    return record["metrics"]["raw"] * REPORTED_SCALE.get(benchmark, 100.0)
+    return record.metrics.raw * REPORTED_SCALE.get(benchmark, 100.0)
 
 
 # --------------------------------------------------------------------------- command

@@ -130,3 +130,41 @@ def test_run_all_defaults_to_the_tiny_main_table():
     assert first.startswith("profile: tiny (default")
     assert second.startswith("table: main (sweep sweeps/tiny/main.yaml")
     assert "plan: 130 cells" in out.stdout
+
+
+def _tables(spec: str, store: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    return _run([sys.executable, "-m", "repro", "tables", spec, "--store", str(store), "--tables", str(out / "t"),
+                 "--figures", str(out / "f"), *extra])
+
+
+def test_a_missing_unpruned_cell_gives_incomplete_rows_and_a_failing_exit(golden_store, tmp_path):
+    import shutil
+
+    store, _ = golden_store
+    copy = tmp_path / "store"
+    shutil.copytree(store, copy)
+    spec = load_spec(ROOT / "sweeps" / "tiny" / "golden.yaml")
+    victim = next(c for c in expand(spec) if c.method == "none" and c.task == "tinyworld_gqa")
+    Store(copy).record_path(victim.key).unlink()
+    out = _tables("sweeps/tiny/golden.yaml", copy, tmp_path)
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert "1 cell(s) of" in out.stderr and "--allow-missing" in out.stderr
+    rows = {line.split("|")[2].strip(): line for line in (tmp_path / "t" / "golden.md").read_text().splitlines()
+            if line.startswith("| tinyworld-llava")}
+    assert "incomplete (2 of 3)" in rows["unpruned"]
+    for method in ("random", "fastv", "vispruner", "dop"):
+        cells = [c.strip() for c in rows[method].split("|")]
+        assert cells[-3] == "unpruned incomplete (2 of 3)"  # Rel. Avg: never against an incomplete row
+        assert cells[5] == "–"  # FLOPs ratio
+    csv_rows = list(csv.DictReader((tmp_path / "t" / "golden.csv").open()))
+    assert all(r["Rel. Avg"] == "" and r["flops_ratio"] == "" for r in csv_rows if r["method"] != "chance level")
+    assert _tables("sweeps/tiny/golden.yaml", copy, tmp_path, "--allow-missing").returncode == 0
+
+
+def test_a_wrong_or_empty_store_is_an_error(tmp_path):
+    out = _tables("sweeps/tiny/golden.yaml", tmp_path / "typo", tmp_path)
+    assert out.returncode == 2 and "no results store at" in out.stderr and "Traceback" not in out.stderr
+    (tmp_path / "empty").mkdir()
+    out = _tables("sweeps/tiny/golden.yaml", tmp_path / "empty", tmp_path)
+    assert out.returncode == 2 and "holds no cell records" in out.stderr
+    assert not (tmp_path / "t").exists()  # no table of dashes

@@ -95,9 +95,10 @@ def _cells(row: FlopsRow) -> list[str]:
 
 def render_markdown(rows: Sequence[FlopsRow]) -> str:
     """A Markdown table plus the notes that say how each row is computed."""
+    from repro.report.tables import markdown
+
     header = ["model", "budget", "convention", "visual tokens", "text tokens", "TFLOPs", "% of unpruned"]
-    lines = ["# Prefill FLOPs", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_cells(r)) + " |" for r in rows]
+    lines = ["# Prefill FLOPs", "", markdown([_cells(r) for r in rows], header)]
     lines += [""] + [f"- {note}" for note in NOTES]
     return "\n".join(lines) + "\n"
 

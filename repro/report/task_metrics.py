@@ -25,6 +25,7 @@ def task_manager(spec: Spec, data_dir: Path | str | None = None, staged: Path | 
 
 
 def task_metric(tm, task: str) -> TaskMetric:
+    import lmms_eval.api.metrics  # noqa: F401 - registers lmms-eval's metrics and aggregations
     from lmms_eval.api.registry import get_aggregation, get_metric
 
     config = tm._get_config(task)  # lmms-eval's resolved YAML: !function entries are the callables

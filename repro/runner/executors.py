@@ -78,7 +78,9 @@ def budget_stats(samples: list[dict]) -> dict:
     """Realized TFLOPs and token statistics over a cell's sample logs."""
     import numpy as np
 
-    recs = [s["token_counts"][0]["repro"] for s in samples if s.get("token_counts")]
+    from repro.runner.records import SampleRecord
+
+    recs = [r for r in (SampleRecord.from_log(s).repro for s in samples) if r]
     if not recs:
         return {}
     paper = np.array([r["tflops"]["paper"] for r in recs])
