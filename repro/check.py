@@ -26,7 +26,8 @@ REPO = Path(__file__).resolve().parents[1]  # the checkout: registries live besi
 GOLDEN = REPO / "paper_tables" / "golden" / "tiny.csv"
 REPORTED = REPO / "paper_tables" / "reported"
 TOLERANCES = REPO / "paper_tables" / "tolerances.yaml"
-GOLDEN_COLUMNS = ["model", "model_revision", "method", "budget", "seed", "task", "benchmark", "metric", "value", "source"]
+GOLDEN_COLUMNS = ["model", "model_revision", "method", "budget", "seed", "task", "benchmark", "metric", "value", "source",
+                  "cpu_capability"]
 PAPER_SPECS = (REPO / "sweeps" / "paper" / "main.yaml", REPO / "sweeps" / "paper" / "budgets.yaml")
 UPDATE_COMMAND = "python -m repro check --profile tiny --update-golden"
 
@@ -55,6 +56,7 @@ class CheckRow:
     reproduced: float | str | None
     tolerance: float
     source: str
+    kernel: str = ""  # set when compared across CPU capabilities under a kernel-sensitive tolerance
 
     @property
     def delta(self) -> float | None:
@@ -67,7 +69,9 @@ class CheckRow:
         if self.reproduced is None:
             return "missing"
         if isinstance(self.reference, str):
-            return "pass" if self.reproduced == self.reference else "fail"
+            if self.reproduced == self.reference:
+                return "pass"
+            return "kernel" if self.kernel else "fail"  # changed answers across CPU kernels: reported, allowed
         return "pass" if abs(self.reproduced - self.reference) <= self.tolerance else "fail"
 
 
@@ -88,6 +92,18 @@ def tolerance(tols: dict[str, float], metric: str) -> float:
     return tols.get(metric, tols["default"])
 
 
+def load_kernel_tolerances(path: Path | str) -> dict[str, dict[str, float]]:
+    """`golden_kernel_sensitive:` of the tolerance file: per method, the tolerances that apply when
+    the golden registry was made on another torch CPU capability (AVX2 vs AVX512, ...)."""
+    import yaml
+
+    data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    table = data.get("golden_kernel_sensitive") or {}
+    if not isinstance(table, dict) or any(not isinstance(v, dict) or "default" not in v for v in table.values()):
+        raise ReproError(f"{path}: `golden_kernel_sensitive:` maps methods to tolerances with a `default`")
+    return {str(m): {str(k): float(v) for k, v in t.items()} for m, t in table.items()}
+
+
 # --------------------------------------------------------------------------- golden (tiny)
 
 def golden_rows(spec: Spec, store: Store) -> list[dict]:
@@ -99,7 +115,8 @@ def golden_rows(spec: Spec, store: Store) -> list[dict]:
             raise ReproError(f"cell {cell.describe()} has no record in {store.root}; run the sweep first")
         base = {"model": cell.model, "model_revision": cell.model_revision, "method": cell.label,
                 "budget": cell.budget or "-", "seed": cell.seed, "task": cell.task,
-                "benchmark": rec.metrics.benchmark, "source": f"{spec.path} record {cell.key}"}
+                "benchmark": rec.metrics.benchmark, "source": f"{spec.path} record {cell.key}",
+                "cpu_capability": (rec.provenance.get("platform") or {}).get("cpu_capability", "unrecorded")}
         rows.append({**base, "metric": rec.metrics.metric, "value": repr(rec.metrics.score)})
         rows.append({**base, "metric": "tflops_paper", "value": repr(rec.tflops_paper_mean)})
         rows.append({**base, "metric": "responses_sha256",
@@ -136,7 +153,11 @@ def write_golden(rows: list[dict], path: Path) -> Path:
     return path
 
 
-def compare_golden(spec: Spec, store: Store, golden: Path, tols: dict[str, float]) -> list[CheckRow]:
+def compare_golden(spec: Spec, store: Store, golden: Path, tols: dict[str, float],
+                   kernel_tols: dict[str, dict[str, float]] | None = None) -> list[CheckRow]:
+    """Every golden value against the store's. Exact (`tols`) where the golden row was made on the
+    same torch CPU capability; a kernel-sensitive method's cells (`kernel_tols`) made on another one
+    are compared with its declared tolerances, and changed answers are reported, not failed."""
     if not golden.is_file():
         raise ReproError(f"no golden registry at {golden}; create it with `{UPDATE_COMMAND}`")
     with golden.open(encoding="utf-8") as f:
@@ -149,8 +170,12 @@ def compare_golden(spec: Spec, store: Store, golden: Path, tols: dict[str, float
     out = []
     for r in reference:
         mine = ours.get(_golden_key(r))
+        tol, kernel = tolerance(tols, r["metric"]), ""
+        theirs = r.get("cpu_capability") or "unrecorded"
+        if mine and r["method"] in (kernel_tols or {}) and theirs != mine["cpu_capability"]:
+            tol, kernel = tolerance(kernel_tols[r["method"]], r["metric"]), f"{theirs} -> {mine['cpu_capability']}"
         out.append(CheckRow(r["model"], r["method"], r["budget"], r["task"], r["metric"], _value(r["value"]),
-                            _value(mine["value"]) if mine else None, tolerance(tols, r["metric"]), r["source"]))
+                            _value(mine["value"]) if mine else None, tol, r["source"], kernel))
     return out
 
 

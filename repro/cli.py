@@ -580,6 +580,9 @@ def _report(spec, store, args: argparse.Namespace, **where) -> int:
         print(f"wrote {path}")
     for note in reports.notes:
         print(f"note: {note}", file=sys.stderr)
+    if reports.rel_avg_half_width is not None:
+        print(f"Rel. Avg: widest 95% interval of a pruned row ±{reports.rel_avg_half_width:.2f} points "
+              f"(limit {spec.limit or 'all'} documents per task)")
     if reports.missing:
         print(f"{'warning' if args.allow_missing else 'error'}: {reports.missing} cell(s) of {spec.path} have no "
               f"intact record in {store.root}; their rows are marked incomplete (run the sweep to fill them"

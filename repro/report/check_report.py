@@ -17,6 +17,7 @@ from repro.check import (
     compare_reported,
     environment_note,
     golden_rows,
+    load_kernel_tolerances,
     load_tolerances,
     write_golden,
 )
@@ -52,7 +53,8 @@ def run_check(*, profile: str, spec_path: str | None, store: str | None, referen
         if update_golden:
             print(f"wrote {write_golden(golden_rows(spec, store_obj), golden)}")
             return 0
-        rows = compare_golden(spec, store_obj, golden, load_tolerances(tolerances, "golden"))
+        rows = compare_golden(spec, store_obj, golden, load_tolerances(tolerances, "golden"),
+                              load_kernel_tolerances(tolerances))
         cells = expand(spec)
     else:
         if update_golden:
@@ -65,9 +67,15 @@ def run_check(*, profile: str, spec_path: str | None, store: str | None, referen
             cells += expand(spec)
     table = format_rows(rows)
     print(plain_table(CHECK_COLUMNS[:-1], [[t[c] for c in CHECK_COLUMNS[:-1]] for t in table]))
-    counts = {s: sum(r.status == s for r in rows) for s in ("pass", "fail", "missing")}
+    counts = {s: sum(r.status == s for r in rows) for s in ("pass", "fail", "missing", "kernel")}
     print(f"check ({profile}): {counts['pass']} pass, {counts['fail']} fail, {counts['missing']} missing "
           f"of {len(rows)} reference values")
+    kernels = sorted({r.kernel for r in rows if r.kernel})
+    if kernels:
+        print(f"CPU kernels: the golden registry was made on another torch CPU capability ({', '.join(kernels)}); "
+              f"kernel-sensitive cells ({', '.join(sorted({r.method for r in rows if r.kernel}))}) were compared "
+              f"with their declared tolerances (paper_tables/tolerances.yaml), {counts['kernel']} answer digest(s) "
+              "changed")
     note = environment_note([store_obj.read(c.key) for c in cells])
     if note:
         print(note)

@@ -25,6 +25,7 @@ class Reports:
     paths: list[Path] = field(default_factory=list)
     missing: int = 0  # cells of the spec without an intact record
     notes: list[str] = field(default_factory=list)
+    rel_avg_half_width: float | None = None  # the widest Rel. Avg interval of a pruned row (points)
 
 
 def write_reports(spec: Spec, store: Store, tables_dir: Path | str, figures_dir: Path | str, *,
@@ -45,6 +46,9 @@ def write_reports(spec: Spec, store: Store, tables_dir: Path | str, figures_dir:
         out.notes.append(f"no intervals: the tasks' lmms-eval configs could not be read ({err})")
     table = collect(spec, store, metrics, boot)
     out.missing = sum(r.missing for r in table.rows)
+    widths = [r.rel_avg.half_width for r in table.rows if not r.unpruned and r.rel_avg is not None
+              and r.rel_avg.half_width == r.rel_avg.half_width]
+    out.rel_avg_half_width = max(widths) if widths else None
     out.paths += write_accuracy_table(spec, table, tables_dir)
     out.paths += rel_avg_vs_tflops(table, figures_dir, f"{spec.table}-rel-avg-vs-tflops")
     if spec.profile == "paper":
