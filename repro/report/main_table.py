@@ -289,7 +289,7 @@ def display_rows(table: Table) -> list[list[str]]:
         out.append([r.model, r.method, r.budget, "–" if math.isnan(r.tflops) else f"{r.tflops:#.4g}",
                     _num(r.ratio, 3), *[_pm(r.benchmarks.get(b)) for b in names],
                     r.note if r.avg is None else _pm(r.avg), rel, ", ".join(sig)])
-        if r.unpruned and table.columns.chance:
+        if r.unpruned and any(c is not None for c in table.columns.chance.values()):
             chance = [table.columns.chance.get((r.model, b)) for b in names]
             marks = ["" if table.columns.informative.get((r.model, b), True) else " °" for b in names]
             out.append([r.model, "chance level", "-", "", "", *[("–" if c is None else _num(c)) + m
@@ -315,7 +315,7 @@ def csv_rows(table: Table) -> list[list]:
             line += est(r.benchmarks.get(b))
         line += est(r.avg) + est(r.rel_avg)
         out.append(line + [_flag(r.differs_from_unpruned), _flag(r.differs_from_best_other), r.note])
-        if r.unpruned and table.columns.chance:
+        if r.unpruned and any(c is not None for c in table.columns.chance.values()):
             line = [r.model, "chance level", "-", "", "", "", ""]
             for b in table.columns.names:
                 c = table.columns.chance.get((r.model, b))

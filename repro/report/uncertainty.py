@@ -76,10 +76,15 @@ class TaskMetric:
     scale: float  # table score = aggregate * scale
 
 
+def scored(samples: Sequence[SampleRecord], metric: str) -> list[SampleRecord]:
+    """The documents lmms-eval scored for `metric` (as its aggregation sees them), in doc order."""
+    return sorted((s for s in samples if s.has(metric)), key=lambda s: s.doc_id)
+
+
 def clusters(samples: Sequence[SampleRecord], metric: str) -> list[list[int]]:
     """Documents (by doc_id) grouped into the units the aggregation scores jointly."""
     groups: dict[Any, list[int]] = {}
-    for s in sorted(samples, key=lambda s: s.doc_id):
+    for s in scored(samples, metric):
         v = s.value(metric)
         key = next((("c", f, v[f]) for f in CLUSTER_FIELDS if isinstance(v, dict) and f in v), ("d", s.doc_id))
         groups.setdefault(key, []).append(s.doc_id)
@@ -101,7 +106,7 @@ def _relabel(value: Any, copy: int) -> Any:
 def replicate_scores(metric: TaskMetric, samples: Sequence[SampleRecord], groups: list[list[int]],
                      picks: np.ndarray) -> np.ndarray:
     """The cell's score (table scale) under each bootstrap draw of document clusters."""
-    by_doc = {s.doc_id: s.value(metric.metric) for s in samples}
+    by_doc = {s.doc_id: s.value(metric.metric) for s in scored(samples, metric.metric)}
     missing = {d for g in groups for d in g} - set(by_doc)
     if missing:
         raise ReproError(f"{metric.task}: cells of one table hold different documents (e.g. doc {min(missing)}); "
@@ -135,7 +140,7 @@ def _quiet(fn: Callable):
 
 def point_score(metric: TaskMetric, samples: Sequence[SampleRecord]) -> float:
     with _quiet(metric.aggregate):
-        return float(metric.aggregate([s.value(metric.metric) for s in sorted(samples, key=lambda s: s.doc_id)])) \
+        return float(metric.aggregate([s.value(metric.metric) for s in scored(samples, metric.metric)])) \
             * metric.scale
 
 
@@ -144,13 +149,14 @@ def chance_score(metric: TaskMetric, samples: Sequence[SampleRecord]) -> float |
     giving one fixed answer to every document, over the answers that occur as targets, scored by
     the task's own per-sample function and aggregation. None when the task's per-sample function
     is unavailable."""
+    samples = scored(samples, metric.metric)
     if metric.per_sample is None or not samples:
         return None
     answers: dict[str, None] = {}
     for s in samples:
         for t in (s.target if isinstance(s.target, list) else [s.target]):
             answers[str(t)] = None
-    ordered = sorted(samples, key=lambda s: s.doc_id)
+    ordered = samples
     best = None
     for a in answers:
         try:

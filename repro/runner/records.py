@@ -45,6 +45,10 @@ class SampleRecord:
         values = {k: v for k, v in log.items() if k not in cls.LOG_KEYS}
         return cls(doc_id, log.get("target"), list(log.get("resps", [])), dict(log.get("doc") or {}), values, repro)
 
+    def has(self, metric: str) -> bool:
+        """Whether lmms-eval scored this document for `metric` (MME logs perception or cognition)."""
+        return metric.split(",")[0] in self.values
+
     def value(self, metric: str) -> Any:
         """lmms-eval's per-sample value of `metric` (`name` or `name,filter`)."""
         name = metric.split(",")[0]
