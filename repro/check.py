@@ -133,7 +133,9 @@ def responses_digest(samples: list[SampleRecord]) -> str:
     return hashlib.sha256(json.dumps(answers, ensure_ascii=False).encode()).hexdigest()[:16]
 
 
-def _value(text: str) -> float | str:
+def _value(text: str, metric: str = "") -> float | str:
+    if metric == "responses_sha256":  # hex digits can read as a number ("123e4...")
+        return text
     try:
         return float(text)
     except ValueError:
@@ -174,8 +176,8 @@ def compare_golden(spec: Spec, store: Store, golden: Path, tols: dict[str, float
         theirs = r.get("cpu_capability") or "unrecorded"
         if mine and r["method"] in (kernel_tols or {}) and theirs != mine["cpu_capability"]:
             tol, kernel = tolerance(kernel_tols[r["method"]], r["metric"]), f"{theirs} -> {mine['cpu_capability']}"
-        out.append(CheckRow(r["model"], r["method"], r["budget"], r["task"], r["metric"], _value(r["value"]),
-                            _value(mine["value"]) if mine else None, tol, r["source"], kernel))
+        out.append(CheckRow(r["model"], r["method"], r["budget"], r["task"], r["metric"], _value(r["value"], r["metric"]),
+                            _value(mine["value"], r["metric"]) if mine else None, tol, r["source"], kernel))
     return out
 
 

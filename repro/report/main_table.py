@@ -242,10 +242,11 @@ def provenance_lines(records: list[CellRecord]) -> list[str]:
     seen: dict[str, int] = {}
     for rec in records:
         p = rec.provenance
-        plat = p.get("platform") or {}
-        text = (f"{p.get('device_name', '?')}; torch CPU capability {plat.get('cpu_capability', 'unrecorded')}, "
-                f"BLAS {plat.get('blas', 'unrecorded')}, {plat.get('threads', '?')} torch threads; "
-                f"torch {p.get('packages', {}).get('torch', '?')}, lock {p.get('lock_sha256', '?')}")
+        plat = p.get("platform")
+        where = (f"torch CPU capability {plat.get('cpu_capability')}, BLAS {plat.get('blas')}, "
+                 f"{plat.get('threads')} torch threads" if plat else "CPU capability and BLAS unrecorded")
+        text = (f"{p.get('device_name', '?')}; {where}; torch {p.get('packages', {}).get('torch', '?')}, "
+                f"lock {p.get('lock_sha256', '?')}")
         seen[text] = seen.get(text, 0) + 1
     return [f"{n} cell(s): {t}" for t, n in seen.items()]
 
