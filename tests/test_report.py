@@ -10,8 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from repro.report.uncertainty import Bootstrap, Estimate, TaskMetric, chance_score, clusters, draws, point_score, \
-    replicate_scores
+from repro.report.uncertainty import (
+    Bootstrap,
+    Estimate,
+    TaskMetric,
+    chance_score,
+    clusters,
+    draws,
+    point_score,
+    replicate_scores,
+)
 from repro.runner.records import SampleRecord
 
 ROOT = Path(__file__).resolve().parents[1]

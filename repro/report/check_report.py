@@ -17,6 +17,7 @@ from repro.check import (
     compare_reported,
     environment_note,
     golden_rows,
+    load_allowances,
     load_kernel_tolerances,
     load_tolerances,
     write_golden,
@@ -26,7 +27,8 @@ from repro.runner.spec import expand, load_spec
 from repro.runner.store import Store
 
 CHECK_COLUMNS = ["model", "method", "budget", "benchmark", "metric", "reference", "reproduced", "delta", "tolerance",
-                 "status", "source"]
+                 "status", "source", "alternates"]
+SHOWN_COLUMNS = CHECK_COLUMNS[:-2]  # the console leaves out the citations
 
 
 def format_rows(rows: list[CheckRow]) -> list[dict]:
@@ -37,7 +39,8 @@ def format_rows(rows: list[CheckRow]) -> list[dict]:
 
     return [{"model": r.model, "method": r.method, "budget": r.budget, "benchmark": r.benchmark, "metric": r.metric,
              "reference": num(r.reference), "reproduced": num(r.reproduced), "delta": num(r.delta),
-             "tolerance": num(r.tolerance), "status": r.status, "source": r.source} for r in rows]
+             "tolerance": num(r.tolerance), "status": r.status, "source": r.source, "alternates": r.alternates}
+            for r in rows]
 
 
 def run_check(*, profile: str, spec_path: str | None, store: str | None, reference: str | None,
@@ -59,14 +62,16 @@ def run_check(*, profile: str, spec_path: str | None, store: str | None, referen
     else:
         if update_golden:
             raise ReproError("--update-golden is for the tiny profile (the paper profile compares published numbers)")
-        tols = load_tolerances(tolerances, "reported")
-        rows, cells = [], []
-        for path in [spec_path] if spec_path else PAPER_SPECS:
-            spec = load_spec(path)
-            rows += compare_reported(spec, store_obj, Path(reference) if reference else REPORTED, tols)
-            cells += expand(spec)
+        specs = [load_spec(path) for path in ([spec_path] if spec_path else PAPER_SPECS)]
+        rows = compare_reported(specs, store_obj, Path(reference) if reference else REPORTED,
+                                load_tolerances(tolerances, "reported"), load_allowances(tolerances))
+        if not any(r.reproduced is not None for r in rows):
+            raise ReproError(f"nothing to compare: none of the {len(rows)} reference values has a reproduced cell "
+                             f"in {store_obj.root}; run the sweep first (./run_all.sh --profile paper) or pass "
+                             "--store")
+        cells = list({c.key: c for s in specs for c in expand(s)}.values())
     table = format_rows(rows)
-    print(plain_table(CHECK_COLUMNS[:-1], [[t[c] for c in CHECK_COLUMNS[:-1]] for t in table]))
+    print(plain_table(SHOWN_COLUMNS, [[t[c] for c in SHOWN_COLUMNS] for t in table]))
     counts = {s: sum(r.status == s for r in rows) for s in ("pass", "fail", "missing", "kernel")}
     print(f"check ({profile}): {counts['pass']} pass, {counts['fail']} fail, {counts['missing']} missing "
           f"of {len(rows)} reference values")
@@ -82,7 +87,12 @@ def run_check(*, profile: str, spec_path: str | None, store: str | None, referen
     if out:
         from repro.report.tables import write_table
 
-        for path in write_table(table, CHECK_COLUMNS, out, f"check-{profile}", f"repro check --profile {profile}"):
+        paths = write_table(table, CHECK_COLUMNS, out, f"check-{profile}", f"repro check --profile {profile}")
+        if profile == "paper":
+            from repro.report.check_figure import reproduced_vs_reported
+
+            paths += reproduced_vs_reported(rows, out, f"check-{profile}")
+        for path in paths:
             print(f"wrote {path}")
     for r in rows:
         if r.status == "fail":

@@ -13,11 +13,8 @@ from pathlib import Path
 
 from repro.budget import Budget, solve_knob
 from repro.errors import ReproError
-from repro.flops import unpruned_prefill_flops
+from repro.flops import DEFAULT_TEXT_TOKENS, unpruned_prefill_flops
 from repro.models.registry import ModelEntry
-
-#: 35-token vicuna_v1 prefix + 64 question/suffix tokens (MODELS.md section 8).
-DEFAULT_TEXT_TOKENS = 99
 
 #: DOP's headline budgets: 86 % and 77 % FLOPs reduction.
 RATIO_BUDGETS = (0.14, 0.23)

@@ -52,6 +52,8 @@ class Row:
     differs_from_unpruned: bool | None = None  # Rel. Avg interval of the paired difference excludes 0
     differs_from_best_other: bool | None = None  # ... from the best other method at the same budget
     note: str = ""  # why Avg / Rel. Avg / ratio are absent
+    infeasible: int = 0  # samples without an answer: the budget is below the method's cheapest setting
+    samples: int = 0
     replicates: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
@@ -103,13 +105,15 @@ def collect(spec: Spec, store: Store, metrics: dict[str, TaskMetric] | None = No
     cells_of: dict[tuple, list[tuple[str, CellRecord, list[SampleRecord]]]] = {}
     records: list[CellRecord] = []
     for cell in expand(spec):
-        ident = (cell.model, cell.label, cell.budget or "-")
+        ident = (cell.model, cell.label, cell.budget_shown)
         row = rows.setdefault(ident, Row(*ident, unpruned=cell.method == UNPRUNED))
         row.expected += 1
         rec = store.read_cell(cell.key)
         if rec is None:
             continue
         row.present += 1
+        row.infeasible += rec.budget_stats.get("infeasible", 0)
+        row.samples += rec.budget_stats.get("samples", 0) + rec.budget_stats.get("infeasible", 0)
         records.append(rec)
         samples = store.read_sample_records(cell.key) if metrics else []
         cells_of.setdefault(ident, []).append((cell.task, rec, samples))
@@ -287,7 +291,8 @@ def display_rows(table: Table) -> list[list[str]]:
     for r in table.rows:
         rel = r.note if r.note and r.rel_avg is None else _pm(r.rel_avg)
         sig = [w for w, f in (("unpruned", r.differs_from_unpruned), ("best other", r.differs_from_best_other)) if f]
-        out.append([r.model, r.method, r.budget, "–" if math.isnan(r.tflops) else f"{r.tflops:#.4g}",
+        budget = f"{r.budget} (infeasible {r.infeasible} of {r.samples})" if r.infeasible else r.budget
+        out.append([r.model, r.method, budget, "–" if math.isnan(r.tflops) else f"{r.tflops:#.4g}",
                     _num(r.ratio, 3), *[_pm(r.benchmarks.get(b)) for b in names],
                     r.note if r.avg is None else _pm(r.avg), rel, ", ".join(sig)])
         if r.unpruned and any(c is not None for c in table.columns.chance.values()):
@@ -343,7 +348,8 @@ def caption(spec: Spec, table: Table) -> str:
             f"{spec.limit or 'all'} per task, seeds {list(spec.seeds)}; value ± half-width of the "
             f"{table.boot.describe()}; TFLOPs = realized prefill TFLOPs (paper convention, mean over samples); "
             f"{rel}; 'Significant vs' names the rows whose paired Rel. Avg difference from the unpruned model or "
-            f"from the best other method at the same budget excludes 0"
+            f"from the best other method at the same budget excludes 0; an infeasible sample (budget below the "
+            f"method's cheapest setting) is scored as an empty answer and counted in the Budget column"
             + (f"; {missing} cell(s) missing" if missing else ""))
 
 

@@ -80,10 +80,17 @@ def dop_curves(spec: Spec, store: Store, figures_dir: Path | str) -> list[Path]:
 def reported_table(spec: Spec, store: Store, tables_dir: Path | str) -> list[Path]:
     """`<table>-vs-reported.*`: every published number with a counterpart cell in this sweep, ours
     beside it, the difference and pass/fail/missing (tolerances of paper_tables/tolerances.yaml)."""
-    from repro.check import REPORTED, TOLERANCES, compare_reported, load_tolerances
+    from repro.check import (
+        REPORTED,
+        TOLERANCES,
+        compare_reported,
+        load_allowances,
+        load_tolerances,
+    )
     from repro.report.check_report import CHECK_COLUMNS, format_rows
     from repro.report.tables import write_table
 
-    rows = compare_reported(spec, store, REPORTED, load_tolerances(TOLERANCES, "reported"))
+    rows = compare_reported([spec], store, REPORTED, load_tolerances(TOLERANCES, "reported"),
+                            load_allowances(TOLERANCES))
     return write_table(format_rows(rows), CHECK_COLUMNS, tables_dir, f"{spec.table}-vs-reported",
                        f"{spec.table}: reproduced vs reported (paper_tables/reported/)")
