@@ -54,6 +54,7 @@ class Row:
     note: str = ""  # why Avg / Rel. Avg / ratio are absent
     infeasible: int = 0  # samples without an answer: the budget is below the method's cheapest setting
     samples: int = 0
+    max_budget_use: float = math.nan  # largest per-sample realized / allowed FLOPs (budget_stats.budget_use.max)
     replicates: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
@@ -114,6 +115,9 @@ def collect(spec: Spec, store: Store, metrics: dict[str, TaskMetric] | None = No
         row.present += 1
         row.infeasible += rec.budget_stats.get("infeasible", 0)
         row.samples += rec.budget_stats.get("samples", 0) + rec.budget_stats.get("infeasible", 0)
+        if "budget_use" in rec.budget_stats:
+            use = rec.budget_stats["budget_use"]["max"]
+            row.max_budget_use = use if math.isnan(row.max_budget_use) else max(row.max_budget_use, use)
         records.append(rec)
         samples = store.read_sample_records(cell.key) if metrics else []
         cells_of.setdefault(ident, []).append((cell.task, rec, samples))

@@ -63,16 +63,18 @@ def write_reports(spec: Spec, store: Store, tables_dir: Path | str, figures_dir:
 
 def dop_curves(spec: Spec, store: Store, figures_dir: Path | str) -> list[Path]:
     """The single-parameter divergence curves of every DOP search artifact the sweep used."""
-    from repro.methods.dop import analyses
-    from repro.runner.artifacts import artifact_name
+    from repro.methods.dop import SearchArtifact, analyses
+    from repro.runner.artifacts import artifact_name, fit_request
     from repro.runner.spec import expand
 
     paths = []
-    names = dict.fromkeys(artifact_name(c) for c in expand(spec) if c.search is not None)
+    names = dict.fromkeys(artifact_name(c, spec.profile) for c in expand(spec)
+                          if c.search is not None and fit_request(c, spec.profile).cls.artifact_type is SearchArtifact)
     for name in names:
-        artifact = store.read_artifact(name)
-        if artifact is not None:
-            tag = f"{artifact['model']}-{name.rsplit('-', 1)[-1]}"
+        body = store.read_artifact(name)
+        if body is not None:
+            artifact = SearchArtifact.from_dict(body, name)
+            tag = f"{artifact.model}-{name.rsplit('-', 1)[-1]}"
             paths += analyses.write_curves(artifact, figures_dir, f"dop-curves-{tag}")
     return paths
 
