@@ -39,7 +39,9 @@ def test_full_budget_reproduces_the_unpruned_model(tiny_models, name):
     model = tiny_models[name]["sdpa"]
     plain = run(model, tokens=8)
     patches, visual = n_patches(model)
-    for method in (repro.method("fastv", f"tokens:{visual}"), repro.method("vispruner", f"tokens:{patches}")):
+    # on LLaVA-NeXT the official VisPruner packing (all crop patches, no newlines) is not the
+    # model's own sequence; the unpadded variant at full budget is
+    for method in (repro.method("fastv", f"tokens:{visual}"), repro.method("vispruner", f"tokens:{patches}", full_crops=False)):
         result = run(model, method, tokens=8)
         assert (result.first_token_logprobs - plain.first_token_logprobs).abs().max() < 1e-5, method.name
         assert result.text == plain.text and result.tokens == plain.tokens, method.name
@@ -122,11 +124,15 @@ def test_vispruner_is_per_crop_on_llava_next():
     cls = torch.tensor([0.9, 0.8, 0.1, 0.0, 0.05, 0.04, 0.03, 0.02, 0.0])
     signals = SimpleNamespace(cls_attention=lambda layer=None: cls, pre_projector=lambda: torch.eye(9))
     visual = VisualTokens(torch.zeros(9, 4), meta, signals)
-    method = repro.method("vispruner", "tokens:4", important_ratio=1.0)
-    kept = method.reduce(SimpleNamespace(family="llava-next"), None, visual).meta["index"]
+    cls = cls[:, None]  # one head
+    signals = SimpleNamespace(cls_attention=lambda layer=None, reduce="none": cls, pre_projector=lambda: torch.eye(9))
+    visual = VisualTokens(torch.zeros(9, 4), meta, signals)
+    prepared = SimpleNamespace(input_ids=torch.zeros(20))
+    method = repro.method("vispruner", "tokens:4", important_ratio=1.0, full_crops=False)
+    kept = method.reduce(SimpleNamespace(family="llava-next"), prepared, visual).meta["index"]
     assert kept.tolist() == [0, 1, 4, 5, 8]  # 2 from each crop, the newline stays
-    pooled = repro.method("vispruner", "tokens:4", important_ratio=1.0, per_crop=False)
-    assert pooled.reduce(SimpleNamespace(family="llava-next"), None, visual).meta["index"].tolist() == [0, 1, 2, 4, 8]
+    pooled = repro.method("vispruner", "tokens:4", important_ratio=1.0, per_crop=False, full_crops=False)
+    assert pooled.reduce(SimpleNamespace(family="llava-next"), prepared, visual).meta["index"].tolist() == [0, 1, 2, 4, 8]
 
 
 # ------------------------------------------------------------------------------ budgets
@@ -139,8 +145,10 @@ def test_token_budgets_are_realized_exactly(tiny_models, name):
     assert [r.visual_queries for r in fastv.layers] == [visual] * 2 + [7] * (model.card.layers - 2)
     prepared = model.prepare(make_image(7, IMAGE), QUESTION)
     reduced = repro.method("vispruner", "tokens:11").reduce(model, prepared, model.encode(prepared))
+    assert int((reduced.meta["kind"] == PATCH).sum()) == len(reduced) == 11  # official: no newline tokens
+    reduced = repro.method("vispruner", "tokens:11", full_crops=False).reduce(model, prepared, model.encode(prepared))
     assert int((reduced.meta["kind"] == PATCH).sum()) == 11
-    assert len(reduced) == 11 + (visual - patches)  # layout tokens (LLaVA-NeXT newlines) are kept
+    assert len(reduced) == 11 + (visual - patches)  # the unpadded variant keeps LLaVA-NeXT's newlines
 
 
 @pytest.mark.parametrize("name", TINY)

@@ -71,20 +71,44 @@ class Method:
         raise ReproError(f"method {cls.name!r} has no fit step on calibration data")
 
 
-def visual_tokens_for_budget(model: "Model", prepared: Prepared, n_visual: int, budget: Budget) -> int:
+def visual_tokens_for_budget(model: "Model", prepared: Prepared, n_visual: int, budget: Budget, *,
+                             n_other: int | None = None) -> int:
     """How many visual tokens a pre-LLM reducer may keep on this sample under `budget`.
 
-    `tokens:N` is taken as is (capped at what the image has); `ratio:R` and `tflops:X` are solved
-    for the sample's real sequence shape with the paper FLOPs convention.
+    `tokens:N` is taken as is; more than the `n_visual` tokens available is a ReproError, never a
+    silent clamp. `ratio:R` and `tflops:X` are solved for the sample's real sequence shape with the
+    paper FLOPs convention; `n_other` (default: the prompt's other tokens) is what the LLM sees
+    besides the reducer's pool (e.g. LLaVA-NeXT newline tokens a method keeps).
     """
     if budget.kind == "tokens":
-        return min(int(budget.value), n_visual)
-    n_other = prepared.input_ids.numel() - n_visual
+        if int(budget.value) > n_visual:
+            raise ReproError(f"budget {budget} asks for more visual tokens than the {n_visual} this sample offers "
+                             f"the method; use at most tokens:{n_visual} (or a ratio:/tflops: budget)")
+        return int(budget.value)
+    if n_other is None:
+        n_other = prepared.input_ids.numel() - n_visual
 
     def cost(n_keep: int) -> float:
         return flops.unpruned_prefill_flops(model.card, n_other + n_keep, "paper")
 
-    return solve_knob(range(n_visual + 1), cost, budget.max_flops(cost(n_visual)))
+    unpruned = flops.unpruned_prefill_flops(model.card, prepared.input_ids.numel(), "paper")
+    return solve_knob(range(n_visual + 1), cost, budget.max_flops(unpruned))
+
+
+def per_image_budgets(model: "Model", prepared: Prepared, capacities: list[int], budget: Budget, *,
+                      n_other: int | None = None, extra: int = 0) -> list[int]:
+    """Tokens each image keeps. The references apply their T to each image (one row per image),
+    so `tokens:N` is N per image (`extra` tokens a method adds per image, e.g. a merged token,
+    count in N); `ratio:`/`tflops:` solve the sample's total, shared equally over the images."""
+    if budget.kind == "tokens":
+        for capacity in capacities:
+            visual_tokens_for_budget(model, prepared, capacity + extra, budget)
+        return [int(budget.value) - extra] * len(capacities)
+    if n_other is None:
+        n_other = prepared.input_ids.numel() - sum(capacities)
+    total = visual_tokens_for_budget(model, prepared, sum(capacities) + extra * len(capacities), budget,
+                                     n_other=n_other)
+    return [max(0, share - extra) for share in split_budget(total, [c + extra for c in capacities])]
 
 
 def top_indices(scores: Tensor, k: int, *, inverse: bool = False) -> Tensor:

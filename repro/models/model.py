@@ -60,13 +60,24 @@ class Model:
     """An HF multimodal model, its processor, its family adapter and its architecture card."""
 
     def __init__(self, name: str, hf: Any, processor: Any, adapter: Adapter, card: ArchCard,
-                 attn_implementation: str = "sdpa"):
+                 attn_implementation: str = "sdpa", random_weights: bool = False):
         self.name = name
         self.hf = hf
         self.processor = processor
         self.adapter = adapter
         self.card = card
+        self.random_weights = random_weights  # built offline with random weights (tiny/bench models, timing runs)
         self.engine = Engine(adapter.decoder, backend=attn_implementation)
+        self._text_towers: dict[str | None, Any] = {}
+
+    def text_tower(self, source: str | None = None):
+        """The CLIP text tower of this model (CDPruner, TRIM), loaded once per instance;
+        `source` overrides the default (a hub id, a folder, or "random")."""
+        if source not in self._text_towers:
+            from repro.models.text_tower import text_tower_for
+
+            self._text_towers[source] = text_tower_for(self, source)
+        return self._text_towers[source]
 
     def __repr__(self) -> str:
         return f"Model({self.name!r}, family={self.adapter.family!r}, backend={self.engine.backend!r})"

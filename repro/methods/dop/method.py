@@ -20,7 +20,7 @@ from repro.errors import ReproError
 from repro.methods.base import Method
 from repro.methods.dop.artifact import DEFAULT_REDUCER, SearchArtifact, SearchOptions
 from repro.methods.dop.policy import MHA_SEMANTICS, Policy, flops_grid, grouped_flops, policy_schedule
-from repro.methods.dop.search import choose, load_artifact, search
+from repro.methods.dop.search import choose, load_artifact, reducer_options, search
 from repro.methods.registry import method as build_method
 from repro.methods.registry import register
 
@@ -154,7 +154,7 @@ class DOP(Method):
         return self._reducer(policy.n_visual).reduce(model, prepared, visual)
 
     def _reducer(self, n_visual: int) -> Method:
-        return build_method(self.reducer, f"tokens:{n_visual}", **self.reducer_options)
+        return build_method(self.reducer, f"tokens:{n_visual}", **reducer_options(self.reducer, self.reducer_options))
 
     def _reduce_within_budget(self, model, prepared, visual, policy: Policy):
         """The reducer's tokens at the largest n_v whose prefill FLOPs under the policy's depths fit

@@ -45,6 +45,17 @@ from repro.methods.dop.policy import (
 )
 from repro.methods.fitting import Calibration, as_artifact
 from repro.methods.registry import method as build_method
+from repro.methods.registry import method_spec
+
+
+def reducer_options(reducer: str, options: dict) -> dict:
+    """The reducer's options under DOP: a reducer whose default on LLaVA-NeXT is the official
+    all-crop-patches packing runs on the model's own sequence (unpadded, newline tokens kept), which
+    DOP's FLOPs model and search describe (`n_layout`), unless the options say otherwise."""
+    spec = method_spec(reducer)
+    if spec is not None and "full_crops" in spec.faithful_options():
+        return {"full_crops": False, **options}
+    return dict(options)
 
 log = logging.getLogger(__name__)
 PARAMETERS = ("n_visual", "attention_depth", "mlp_depth")
@@ -114,7 +125,7 @@ class SampleRunner:
 
     def _reduced(self, n_visual: int):
         opts, model = self.options, self.model
-        reducer = build_method(opts.reducer, f"tokens:{n_visual}", **opts.reducer_options)
+        reducer = build_method(opts.reducer, f"tokens:{n_visual}", **reducer_options(opts.reducer, opts.reducer_options))
         seq = model.assemble(self.prepared, reducer.reduce(model, self.prepared, self.visual),
                              reducer.position_mode(model))
         if opts.groups == "reducer" and seq.visual_groups is None:
