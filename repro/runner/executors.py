@@ -92,7 +92,9 @@ def budget_stats(samples: list[dict]) -> dict:
     """Realized TFLOPs and token statistics over a cell's sample logs."""
     import numpy as np
 
-    answered = [s["token_counts"][0]["repro"] for s in samples if s.get("token_counts")]
+    from repro.runner.records import SampleRecord
+
+    answered = [r for r in (SampleRecord.from_log(s).repro for s in samples) if r]
     recs = [r for r in answered if "infeasible" not in r]
     infeasible = len(answered) - len(recs)
     if not recs:

@@ -276,7 +276,7 @@ def resolve_budget(text: str | None, model: str) -> tuple[str | None, str]:
     kind run at the compute of a token budget. Other budgets come back unchanged with no label."""
     if text is None or not str(text).startswith(EQUAL_FLOPS + ":"):
         return text, ""
-    from repro.flops_table import equal_flops_ratio
+    from repro.flops import equal_flops_ratio
     from repro.models.registry import entries
 
     raw = str(text).partition(":")[2]
