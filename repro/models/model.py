@@ -13,6 +13,7 @@ from repro import flops
 from repro.engine import Engine, LayerRecord, PrefillOutput, Schedule, Sequence
 from repro.models.adapter import Adapter, Prepared, VisualTokens
 from repro.models.cards import ArchCard
+from repro.models.encodings import EncodingCache
 
 if TYPE_CHECKING:
     from repro.methods.base import Method
@@ -65,6 +66,9 @@ class Model:
         self.adapter = adapter
         self.card = card
         self.engine = Engine(adapter.decoder, backend=attn_implementation)
+        # Encodings of images seen before, shared by every method and cell run on this model
+        # (bit-identical to encoding again; `encodings.capacity_bytes = 0` turns it off).
+        self.encodings = EncodingCache()
 
     def __repr__(self) -> str:
         return f"Model({self.name!r}, family={self.adapter.family!r}, backend={self.engine.backend!r})"
@@ -83,8 +87,11 @@ class Model:
         return self.adapter.prepare(images, question)
 
     @torch.inference_mode()
-    def encode(self, prepared: Prepared) -> VisualTokens:
-        return self.adapter.encode(prepared)
+    def encode(self, prepared: Prepared, *, cached: bool = True) -> VisualTokens:
+        """Visual tokens of `prepared`; `cached=False` runs the tower even for an image seen before."""
+        if not cached:
+            return self.adapter.encode(prepared)
+        return self.encodings.get(prepared.encoding_key, lambda: self.adapter.encode(prepared))
 
     @torch.inference_mode()
     def assemble(self, prepared: Prepared, visual: VisualTokens, positions: str = "original") -> Sequence:
