@@ -524,6 +524,9 @@ def _configure_sweep(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tables", default=None, help="table folder (default paper_tables/<profile>)")
     parser.add_argument("--figures", default=None, help="figure folder (default results/<profile>/figures)")
     parser.add_argument("--threads", type=_non_negative_int, default=None, help="torch CPU threads (default: the spec's `threads`)")
+    parser.add_argument("--workers", type=_non_negative_int, default=None,
+                        help="local executor: worker processes, one thread each when several (default: the spec's "
+                             "`workers`, else one per available core on a CPU, one on an accelerator)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and the missing inputs; compute nothing")
 
 
@@ -547,7 +550,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
     slurm = SlurmOptions(partition=args.slurm_partition, gpus_per_job=args.gpus_per_job, cpus_per_job=args.cpus_per_job,
                          timeout_min=args.slurm_timeout_min, rows_per_job=args.rows_per_job, cluster=args.slurm_cluster)
     run_sweep(spec, store, executor=args.executor, slurm=slurm, data_dir=args.data_dir, staged=staged,
-              threads=args.threads)
+              threads=args.threads, workers=args.workers)
     from repro.eval.parallel import is_main
 
     if not is_main():  # a non-zero rank under `accelerate launch`: rank 0 writes the reports

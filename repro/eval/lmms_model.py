@@ -164,6 +164,17 @@ class ReproLMM(lmms):
             out.append(self.respond(context, self._images(doc_to_visual(doc), task), dict(gen_kwargs or {})))
         return out
 
+    def clean(self) -> None:
+        """lmms-eval calls this after every evaluation. Its default deletes `nn.Module` attributes
+        (this class holds none) and runs two full garbage collections, about 1 s each with
+        lmms-eval's task registry in memory: more than the whole evaluation of a small cell. The
+        sweep runner reuses this instance (and its model's encoding cache) for every task of a
+        row, so only the accelerator's cached blocks are released."""
+        import torch
+
+        if torch.cuda.is_available() and str(self._device).startswith("cuda"):
+            torch.cuda.empty_cache()
+
     def generate_until_multi_round(self, requests):
         return self.generate_until(requests)
 

@@ -10,7 +10,9 @@ all), `seeds`, `dtype`, `attn`, `device`, `budgets` (default budgets of every me
 optional `default` entry, for native token budgets that differ per model), `methods`
 (list of {name, options, budgets, search}; `none` is the unpruned model), `revision` (hub revision of
 registry models, default main), `staged` (paper data folder), `threads` (torch CPU threads of the
-worker; speed only, never part of a key: on a shared 2-core machine 1 thread is ~8x faster than 2).
+worker; speed only, never part of a key: on a shared 2-core machine 1 thread is ~8x faster than 2),
+`workers` (local worker processes; default one per available core on a CPU; speed only, never part
+of a key).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ FORMAT = "repro-cell/1"
 UNPRUNED = "none"
 PROFILES = ("tiny", "paper")
 SPEC_KEYS = {"profile", "table", "description", "models", "tasks", "split", "limit", "seeds", "dtype", "attn",
-             "device", "budgets", "methods", "revision", "staged", "figures", "threads"}
+             "device", "budgets", "methods", "revision", "staged", "figures", "threads", "workers"}
 METHOD_KEYS = {"name", "options", "budgets", "search", "label"}
 
 
@@ -69,6 +71,7 @@ class Spec:
     staged: str | None = None
     figures: tuple[str, ...] = ()
     threads: int | None = None
+    workers: int | None = None
 
 
 @dataclass(frozen=True)
@@ -175,9 +178,18 @@ def load_spec(path: Path | str, *, models: list[str] | None = None, limit: int |
                 attn=str(raw.get("attn", "sdpa")), device=str(raw.get("device", "cpu")),
                 revision=str(raw.get("revision", "main")), staged=raw.get("staged"),
                 figures=tuple(_as_list(raw.get("figures"), "figures", p)),
-                threads=int(raw["threads"]) if raw.get("threads") else None)
+                threads=int(raw["threads"]) if raw.get("threads") else None,
+                workers=_positive(raw.get("workers"), "workers", p))
     check_spec(spec)
     return spec
+
+
+def _positive(value: Any, key: str, path: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ReproError(f"{path}: `{key}` must be a positive integer, got {value!r}")
+    return value
 
 
 def _method_entry(m: Any, default_budgets: tuple, path: str) -> MethodEntry:
