@@ -115,8 +115,10 @@ def budget_stats(samples: list[dict]) -> dict:
 class _Worker:
     """State of one `run_cells` call: loaded models, lmms-eval instances, the task manager."""
 
-    def __init__(self, store: Store, source: DataSource, commit: str, budgets: dict[str, list[str]]):
+    def __init__(self, store: Store, source: DataSource, commit: str, budgets: dict[str, list[str]],
+                 encode_cache_mb: int | None = None):
         self.store, self.source, self.commit, self.budgets = store, source, commit, budgets
+        self.encode_cache_mb = encode_cache_mb
         self.models: dict[tuple, Any] = {}
         self.lms: dict[tuple, Any] = {}
         self._tm = None
@@ -135,8 +137,13 @@ class _Worker:
             self.models.clear(), self.lms.clear()  # one model in memory at a time
             from repro.eval.parallel import process_device
 
-            self.models[key] = repro.load(cell.model, dtype=cell.dtype, device=process_device(cell.device),
-                                          attn_implementation=cell.attn)
+            model = repro.load(cell.model, dtype=cell.dtype, device=process_device(cell.device),
+                               attn_implementation=cell.attn)
+            if self.encode_cache_mb is not None:
+                from repro.models.encodings import EncodingCache
+
+                model.encodings = EncodingCache(self.encode_cache_mb << 20)
+            self.models[key] = model
         return self.models[key]
 
     def lm(self, cell: Cell):
@@ -185,8 +192,9 @@ class _Worker:
 
 
 def run_cells(cells: list[Cell], store_root: str, source: DataSource, commit: str = "unknown",
-              progress: bool = True, threads: int | None = None) -> Outcome:
-    """Evaluate every unfinished cell of `cells` into the store at `store_root` (see module doc)."""
+              progress: bool = True, threads: int | None = None, encode_cache_mb: int | None = None) -> Outcome:
+    """Evaluate every unfinished cell of `cells` into the store at `store_root` (see module doc).
+    `encode_cache_mb`: the loaded models' encoding cache size (0: off; None: the default)."""
     from tqdm import tqdm
 
     if threads:
@@ -204,7 +212,7 @@ def run_cells(cells: list[Cell], store_root: str, source: DataSource, commit: st
     for c in cells:
         if c.search is not None and c.budget:
             budgets[c.model].append(c.budget)
-    worker = _Worker(store, source, commit, dict(budgets))
+    worker = _Worker(store, source, commit, dict(budgets), encode_cache_mb)
     outcome = Outcome()
     bar = tqdm(total=len(cells), desc="cells", unit="cell", disable=not progress or not main)
 
@@ -270,13 +278,14 @@ def default_workers(device: str, threads: int | None = None) -> int:
 
 
 def run_local(cells: list[Cell], store_root: str, source: DataSource, commit: str = "unknown",
-              progress: bool = True, threads: int | None = None, workers: int = 1) -> Outcome:
+              progress: bool = True, threads: int | None = None, workers: int = 1,
+              encode_cache_mb: int | None = None) -> Outcome:
     """`run_cells` in this process (one worker), or in `workers` spawned processes sharing the cells."""
     from repro.eval import parallel
 
     workers = min(workers, len(cells))
     if workers <= 1 or parallel.world_size() > 1:
-        return run_cells(task_major(cells), store_root, source, commit, progress, threads)
+        return run_cells(task_major(cells), store_root, source, commit, progress, threads, encode_cache_mb)
     import multiprocessing as mp
     from multiprocessing.connection import wait
 
@@ -289,7 +298,7 @@ def run_local(cells: list[Cell], store_root: str, source: DataSource, commit: st
         mine = ordered[start:] + ordered[:start]  # each worker starts elsewhere; locks share the rest
         recv, send = ctx.Pipe(duplex=False)
         proc = ctx.Process(target=_work, name=f"repro-worker-{i}",
-                           args=(mine, store_root, source, commit, threads or 1, send, os.getpid()))
+                           args=(mine, store_root, source, commit, threads or 1, encode_cache_mb, send, os.getpid()))
         proc.start()
         send.close()
         procs.append(proc)
@@ -302,9 +311,13 @@ def run_local(cells: list[Cell], store_root: str, source: DataSource, commit: st
             ready = wait([pipes[i] for i in waiting] + [procs[i].sentinel for i in waiting])
             for i in waiting:
                 if pipes[i] in ready or procs[i].sentinel in ready:
-                    if pipes[i].poll():
-                        results[i] = pipes[i].recv()
-                    elif not procs[i].is_alive():
+                    try:
+                        if pipes[i].poll():
+                            results[i] = pipes[i].recv()
+                            continue
+                    except EOFError:  # closed without a result: the worker is gone
+                        procs[i].join()
+                    if not procs[i].is_alive():
                         raise ReproError(f"sweep worker {i} died (exit code {procs[i].exitcode}) before finishing; "
                                          "rerun the sweep: finished cells are kept")
             for status, payload in results.values():
@@ -318,11 +331,12 @@ def run_local(cells: list[Cell], store_root: str, source: DataSource, commit: st
     return _merge([payload for _, payload in results.values()])
 
 
-def _work(cells: list[Cell], store_root: str, source: DataSource, commit: str, threads: int, pipe, parent: int):
+def _work(cells: list[Cell], store_root: str, source: DataSource, commit: str, threads: int,
+          encode_cache_mb: int | None, pipe, parent: int):
     """One spawned worker: `run_cells`, its outcome (or error) sent back through `pipe`."""
     _die_with_parent(parent)
     try:
-        pipe.send(("ok", run_cells(cells, store_root, source, commit, False, threads)))
+        pipe.send(("ok", run_cells(cells, store_root, source, commit, False, threads, encode_cache_mb)))
     except ReproError as err:
         pipe.send(("repro", str(err)))
     except BaseException:  # noqa: BLE001 - reported by the parent with the traceback
