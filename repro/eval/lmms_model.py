@@ -11,15 +11,19 @@
 | `dtype` | `float32`, `bfloat16`, `float16` | `float32` |
 | `attn` | attention backend: `sdpa`, `eager`, `flash_attention_2` | `sdpa` |
 | `device` | `cpu`, `cuda`, `cuda:0`, ... | `cpu` |
+| `batch_size` | samples packed into one pass (repro/engine/packed.py); 1 runs them one at a time | `1` |
 
 Data parallelism: run under `accelerate launch --num_processes N` (see repro.eval.parallel); as in
 lmms-eval's llava_hf, each process builds an `Accelerator()`, puts the model on
 `cuda:{local_process_index}` (CPU: `cpu`) and sets `_rank`/`_world_size`/`accelerator`, and lmms-eval
 shards the documents by rank. The model is not wrapped in DDP: inference needs no gradient sync.
 
-`batch_size`/`max_batch_size` (added by lmms-eval) are accepted; samples always run one at a
-time (every sample has its own schedule), so they do not change outputs. Any other key is an
-error that lists these.
+`batch_size` (also lmms-eval's `--batch_size`): consecutive requests with the same generation
+arguments run as one packed batch (`Model.generate_batch`: each sample keeps its own schedule;
+equal to batch size 1 up to fp32 rounding, logits within 1e-5). The default is 1: measured on
+the 2-core CPU, packing does not speed up tinyworld-llava (its decoder is compute-bound there);
+packed throughput on a GPU has not been measured yet. `max_batch_size` (added by lmms-eval) is
+accepted and ignored. Any other key is an error that lists these.
 
 Prompts: lmms-eval's stock `llava_hf` chat class sends `[images..., text]` through the processor's
 chat template, where `text` is the task's `doc_to_text` (none of the thirteen paper tasks or the
@@ -45,10 +49,10 @@ from PIL import Image
 
 from repro.errors import ReproError
 
-ACCEPTED = ("model", "method", "budget", "options", "dtype", "attn", "device")
-IGNORED = ("batch_size", "max_batch_size")  # added by lmms-eval; batch size 1 always
+ACCEPTED = ("model", "method", "budget", "options", "dtype", "attn", "device", "batch_size")
+IGNORED = ("max_batch_size",)  # added by lmms-eval
 DEFAULTS = {"model": "tinyworld-llava", "method": "none", "budget": "none", "options": "{}", "dtype": "float32",
-            "attn": "sdpa", "device": "cpu"}
+            "attn": "sdpa", "device": "cpu", "batch_size": 1}
 DTYPES = ("float32", "bfloat16", "float16")
 DEFAULT_MAX_NEW_TOKENS = 1024  # what lmms-eval's llava_hf uses when a task sets none
 
@@ -93,6 +97,12 @@ def check_model_args(args: dict[str, Any]) -> dict[str, Any]:
     out = {**DEFAULTS, **{k: v for k, v in args.items() if k in ACCEPTED}}
     if str(out["dtype"]) not in DTYPES:
         raise ReproError(f"model_args dtype={out['dtype']!r}; choose one of {', '.join(DTYPES)}")
+    try:
+        out["batch_size"] = int(out["batch_size"])
+    except (TypeError, ValueError):
+        out["batch_size"] = 0
+    if out["batch_size"] < 1:
+        raise ReproError(f"batch_size={args.get('batch_size')!r}: give a positive integer (1 runs samples one at a time)")
     return out
 
 
@@ -111,6 +121,7 @@ class ReproLMM(lmms):
 
         args = check_model_args(kwargs)
         self.model_args = args
+        self.batch_size_per_pass = int(args["batch_size"])
         self.options = parse_options(args["options"])
         self.method_name = None if _none(args["method"]) else str(args["method"])
         self.budget = None if _none(args["budget"]) else str(args["budget"])
@@ -157,12 +168,17 @@ class ReproLMM(lmms):
     def generate_until(self, requests) -> list[GenerationResult]:
         from tqdm import tqdm
 
-        out = []
+        out: list[GenerationResult] = []
+        pending: list[tuple[str, list[Image.Image], dict[str, Any]]] = []
         for req in tqdm(requests, disable=len(requests) < 2 or self.rank != 0, desc="repro responding"):
             context, gen_kwargs, doc_to_visual, doc_id, task, split = req.args
             doc = self.task_dict[task][split][doc_id]
-            out.append(self.respond(context, self._images(doc_to_visual(doc), task), dict(gen_kwargs or {})))
-        return out
+            item = (context, self._images(doc_to_visual(doc), task), dict(gen_kwargs or {}))
+            if pending and (item[2] != pending[0][2] or len(pending) == self.batch_size_per_pass):
+                out += self.respond_batch(pending)
+                pending = []
+            pending.append(item)
+        return out + (self.respond_batch(pending) if pending else [])
 
     def clean(self) -> None:
         """lmms-eval calls this after every evaluation. Its default deletes `nn.Module` attributes
@@ -186,13 +202,29 @@ class ReproLMM(lmms):
     # ------------------------------------------------------------------ one sample
 
     def respond(self, context: str, images: list[Image.Image], gen_kwargs: dict[str, Any]) -> GenerationResult:
+        until, max_new = self._generation(gen_kwargs)
+        return self._response(self.model.generate(images, context, method=self.method, max_new_tokens=max_new,
+                                                  stop=until))
+
+    def respond_batch(self, items: list[tuple[str, list[Image.Image], dict[str, Any]]]) -> list[GenerationResult]:
+        """Requests sharing their generation arguments; one packed pass when there are several."""
+        if len(items) == 1:
+            return [self.respond(*items[0])]
+        until, max_new = self._generation(items[0][2])
+        results = self.model.generate_batch([(images, context) for context, images, _ in items], method=self.method,
+                                            max_new_tokens=max_new, stop=until)
+        return [self._response(r) for r in results]
+
+    @staticmethod
+    def _generation(gen_kwargs: dict[str, Any]) -> tuple[list[str], int]:
         if gen_kwargs.get("do_sample") or float(gen_kwargs.get("temperature") or 0) > 0 or \
                 int(gen_kwargs.get("num_beams") or 1) > 1:
             raise ReproError(f"the repro model decodes greedily; the task asks for {gen_kwargs}")
         until = gen_kwargs.get("until") or []
         until = [until] if isinstance(until, str) else list(until)
-        max_new = int(gen_kwargs.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS)
-        result = self.model.generate(images, context, method=self.method, max_new_tokens=max_new, stop=until)
+        return until, int(gen_kwargs.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS)
+
+    def _response(self, result) -> GenerationResult:
         stats = result.stats.as_dict() if result.stats is not None else {}
         record = {
             "prompt_sha256": hashlib.sha256(result.prompt.encode("utf-8")).hexdigest(),
