@@ -7,8 +7,9 @@ repeated; read the figures with the machine's load, which the JSON records):
 - `batch 1, 1 process`: the baseline, one thread, encoding cache off;
 - `encode cache`: the same with the encoding cache (each image encoded once for all rows);
 - `2 workers`: two single-threaded worker processes, cache off;
-- `cache + 2 workers`: both (the issue's target: >= 2x the baseline on 2 free cores).
-Packed batches are not a variant yet (not built; see the closing note of issue 27).
+- `cache + 2 workers`: both (the issue's target: >= 2x the baseline on 2 free cores);
+- `packed (batch 4)`: one process, cache off, four samples per pass (engine/packed.py). On a CPU
+  the decoder is compute-bound, so no gain is expected here; it is for accelerators.
 
 Two throughputs per variant: end to end (the sweep call: worker start, imports, task registry,
 model loads included) and in-cell (first cell start to last cell end, from the records' own
@@ -46,11 +47,12 @@ SPEC = textwrap.dedent("""\
       - name: vispruner
 """)
 LIMIT = 24
-VARIANTS = {  # label -> (workers, encode cache MiB)
-    "batch 1, 1 process": (1, 0),
-    "encode cache": (1, None),
-    "2 workers": (2, 0),
-    "cache + 2 workers": (2, None),
+VARIANTS = {  # label -> (workers, encode cache MiB, batch size)
+    "batch 1, 1 process": (1, 0, 1),
+    "encode cache": (1, None, 1),
+    "2 workers": (2, 0, 1),
+    "cache + 2 workers": (2, None, 1),
+    "packed (batch 4)": (1, 0, 4),
 }
 
 
@@ -78,14 +80,15 @@ def test_eval_throughput(interleaved, spec, tmp_path):
     runs: dict[str, dict] = {}
 
     def variant(label: str):
-        workers, cache_mb = VARIANTS[label]
+        workers, cache_mb, batch_size = VARIANTS[label]
 
         def run():
             root = tmp_path / f"{label.replace(' ', '_').replace(',', '')}-{len(runs.get(label, {}))}"
             t0 = time.perf_counter()
-            run_sweep(spec, root, progress=False, workers=workers, encode_cache_mb=cache_mb)
+            run_sweep(spec, root, progress=False, workers=workers, encode_cache_mb=cache_mb, batch_size=batch_size)
             runs[label] = {"end_to_end_s": time.perf_counter() - t0, "store": Store(root)}
-        return run, {"workers": workers, "encode_cache": cache_mb is None, "samples": samples}
+        return run, {"workers": workers, "encode_cache": cache_mb is None, "batch_size": batch_size,
+                     "samples": samples}
 
     load_before = os.getloadavg()
     rows = interleaved("eval-throughput", {label: variant(label) for label in VARIANTS}, rounds=1, warmup=0)

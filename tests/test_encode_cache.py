@@ -36,7 +36,7 @@ def run_all(model, images) -> list:
     for name in sorted(s.name for s in specs()):
         method = example_method(name, model)
         for image, question in zip(images, QUESTIONS * len(images)):
-            r = model.generate(image, question, method=method, max_new_tokens=3)
+            r = model.generate(image, question, method=method, max_new_tokens=2)
             out.append((name, r.text, r.tokens, r.first_token_logprobs, r.stats.as_dict()))
     return out
 

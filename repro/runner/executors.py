@@ -116,9 +116,9 @@ class _Worker:
     """State of one `run_cells` call: loaded models, lmms-eval instances, the task manager."""
 
     def __init__(self, store: Store, source: DataSource, commit: str, budgets: dict[str, list[str]],
-                 encode_cache_mb: int | None = None):
+                 encode_cache_mb: int | None = None, batch_size: int = 1):
         self.store, self.source, self.commit, self.budgets = store, source, commit, budgets
-        self.encode_cache_mb = encode_cache_mb
+        self.encode_cache_mb, self.batch_size = encode_cache_mb, batch_size
         self.models: dict[tuple, Any] = {}
         self.lms: dict[tuple, Any] = {}
         self._tm = None
@@ -153,6 +153,8 @@ class _Worker:
 
             options = runtime_options(cell, self.store, self.budgets.get(cell.model, []), lambda: self.model(cell))
             args = self.model_args(cell, options)
+            if self.batch_size > 1:  # speed only (like threads): not part of the cell's key
+                args["batch_size"] = self.batch_size
             self.lms[cell.group] = (ReproLMM(loaded_model=self.model(cell), **args), args)
         return self.lms[cell.group]
 
@@ -192,9 +194,11 @@ class _Worker:
 
 
 def run_cells(cells: list[Cell], store_root: str, source: DataSource, commit: str = "unknown",
-              progress: bool = True, threads: int | None = None, encode_cache_mb: int | None = None) -> Outcome:
+              progress: bool = True, threads: int | None = None, encode_cache_mb: int | None = None,
+              batch_size: int = 1) -> Outcome:
     """Evaluate every unfinished cell of `cells` into the store at `store_root` (see module doc).
-    `encode_cache_mb`: the loaded models' encoding cache size (0: off; None: the default)."""
+    `encode_cache_mb`: the loaded models' encoding cache size (0: off; None: the default);
+    `batch_size`: samples packed per pass (engine/packed.py; equal to 1 up to fp32 rounding)."""
     from tqdm import tqdm
 
     if threads:
@@ -212,7 +216,7 @@ def run_cells(cells: list[Cell], store_root: str, source: DataSource, commit: st
     for c in cells:
         if c.search is not None and c.budget:
             budgets[c.model].append(c.budget)
-    worker = _Worker(store, source, commit, dict(budgets), encode_cache_mb)
+    worker = _Worker(store, source, commit, dict(budgets), encode_cache_mb, batch_size)
     outcome = Outcome()
     bar = tqdm(total=len(cells), desc="cells", unit="cell", disable=not progress or not main)
 
@@ -279,13 +283,14 @@ def default_workers(device: str, threads: int | None = None) -> int:
 
 def run_local(cells: list[Cell], store_root: str, source: DataSource, commit: str = "unknown",
               progress: bool = True, threads: int | None = None, workers: int = 1,
-              encode_cache_mb: int | None = None) -> Outcome:
+              encode_cache_mb: int | None = None, batch_size: int = 1) -> Outcome:
     """`run_cells` in this process (one worker), or in `workers` spawned processes sharing the cells."""
     from repro.eval import parallel
 
     workers = min(workers, len(cells))
     if workers <= 1 or parallel.world_size() > 1:
-        return run_cells(task_major(cells), store_root, source, commit, progress, threads, encode_cache_mb)
+        return run_cells(task_major(cells), store_root, source, commit, progress, threads, encode_cache_mb,
+                         batch_size)
     import multiprocessing as mp
     from multiprocessing.connection import wait
 
@@ -298,7 +303,8 @@ def run_local(cells: list[Cell], store_root: str, source: DataSource, commit: st
         mine = ordered[start:] + ordered[:start]  # each worker starts elsewhere; locks share the rest
         recv, send = ctx.Pipe(duplex=False)
         proc = ctx.Process(target=_work, name=f"repro-worker-{i}",
-                           args=(mine, store_root, source, commit, threads or 1, encode_cache_mb, send, os.getpid()))
+                           args=(mine, store_root, source, commit, threads or 1, encode_cache_mb, batch_size, send,
+                                 os.getpid()))
         proc.start()
         send.close()
         procs.append(proc)
@@ -332,11 +338,11 @@ def run_local(cells: list[Cell], store_root: str, source: DataSource, commit: st
 
 
 def _work(cells: list[Cell], store_root: str, source: DataSource, commit: str, threads: int,
-          encode_cache_mb: int | None, pipe, parent: int):
+          encode_cache_mb: int | None, batch_size: int, pipe, parent: int):
     """One spawned worker: `run_cells`, its outcome (or error) sent back through `pipe`."""
     _die_with_parent(parent)
     try:
-        pipe.send(("ok", run_cells(cells, store_root, source, commit, False, threads, encode_cache_mb)))
+        pipe.send(("ok", run_cells(cells, store_root, source, commit, False, threads, encode_cache_mb, batch_size)))
     except ReproError as err:
         pipe.send(("repro", str(err)))
     except BaseException:  # noqa: BLE001 - reported by the parent with the traceback
@@ -394,7 +400,7 @@ def jobs_of(cells: list[Cell], rows_per_job: int) -> list[list[Cell]]:
 
 
 def run_slurm(cells: list[Cell], store_root: str, source: DataSource, commit: str, options: SlurmOptions,
-              threads: int | None = None) -> Outcome:
+              threads: int | None = None, encode_cache_mb: int | None = None, batch_size: int = 1) -> Outcome:
     """Submit `run_cells` jobs through submitit, wait for them, and merge their outcomes."""
     import submitit
 
@@ -409,7 +415,8 @@ def run_slurm(cells: list[Cell], store_root: str, source: DataSource, commit: st
     executor.update_parameters(**params)
     groups = jobs_of(cells, options.rows_per_job)
     with executor.batch():
-        jobs = [executor.submit(run_cells, task_major(group), store_root, source, commit, False, threads) for group in groups]
+        jobs = [executor.submit(run_cells, task_major(group), store_root, source, commit, False, threads,
+                                encode_cache_mb, batch_size) for group in groups]
     print(f"submitted {len(jobs)} job(s) ({len(cells)} cells); logs under {folder.parent}", flush=True)
     merged = Outcome()
     for job in jobs:

@@ -40,10 +40,11 @@ def default_store(profile: str) -> Path:
 def run_sweep(spec: Spec, store_root: Path | str, *, executor: str = "local", slurm: SlurmOptions | None = None,
               data_dir: Path | str | None = None, staged: Path | str | None = None,
               progress: bool = True, threads: int | None = None, workers: int | None = None,
-              encode_cache_mb: int | None = None) -> SweepResult:
+              encode_cache_mb: int | None = None, batch_size: int = 1) -> SweepResult:
     """Evaluate the spec's unfinished cells. `workers`: local worker processes (default: the spec's,
     else one per available core on a CPU, one on an accelerator); several run one thread each.
-    `encode_cache_mb`: each worker's encoding cache (models/encodings.py; 0 turns it off)."""
+    `encode_cache_mb`: each worker's encoding cache (models/encodings.py; 0 turns it off);
+    `batch_size`: samples packed per pass (engine/packed.py), speed only like `threads`."""
     from repro.eval import parallel
     from repro.runner.provenance import git_commit
 
@@ -70,10 +71,11 @@ def run_sweep(spec: Spec, store_root: Path | str, *, executor: str = "local", sl
     if not pending:
         outcome = Outcome(skipped=[c.key for c in cells])
     elif executor == "slurm":
-        outcome = run_slurm(pending, str(store.root), source, git_commit(), slurm or SlurmOptions(), threads)
+        outcome = run_slurm(pending, str(store.root), source, git_commit(), slurm or SlurmOptions(), threads,
+                            encode_cache_mb, batch_size)
     else:
         outcome = run_local(pending, str(store.root), source, git_commit(), progress, threads, workers,
-                            encode_cache_mb)
+                            encode_cache_mb, batch_size)
     seconds = time.perf_counter() - t0
     say(f"sweep done in {seconds:.0f} s: {len(outcome.computed)} computed ({len(outcome.recomputed)} of them "
           f"replaced corrupt records), {len(cells) - len(outcome.computed)} reused", flush=True)
