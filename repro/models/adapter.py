@@ -41,7 +41,16 @@ class Prepared:
     prompt: str
     inputs: dict[str, Tensor]
     images: list[Image.Image]
-    encoding_key: str | None = None  # digest of what the vision tower reads (None: never cached)
+    key_source: Callable[[], str] | None = field(default=None, repr=False, compare=False)
+    _key: str | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def encoding_key(self) -> str | None:
+        """Digest of what the vision tower reads (models/encodings.py), computed on first use, so
+        a timed path that never caches (the latency protocol) never hashes; None: never cached."""
+        if self._key is None and self.key_source is not None:
+            self._key = self.key_source()
+        return self._key
 
     @property
     def input_ids(self) -> Tensor:
@@ -154,12 +163,12 @@ class Adapter:
     def prepare(self, images: list[Image.Image], question: str) -> Prepared:
         prompt = self.processor.apply_chat_template(self.messages(len(images), question),
                                                     tokenize=False, add_generation_prompt=True)
-        inputs = dict(self.processor(images=images or None, text=prompt, return_tensors="pt"))
-        key = self.encoding_key(inputs) if images else None  # on the CPU tensors, before any copy
-        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        cpu = dict(self.processor(images=images or None, text=prompt, return_tensors="pt"))
+        inputs = {k: v.to(self.device) for k, v in cpu.items()}
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
-        return Prepared(prompt, inputs, list(images), key)
+        key_source = (lambda: self.encoding_key(cpu)) if images else None  # hashes the CPU tensors
+        return Prepared(prompt, inputs, list(images), key_source)
 
     def encoding_key(self, inputs: dict[str, Tensor]) -> str:
         """Content address of an encoding (models/encodings.py): the processor's image-side
