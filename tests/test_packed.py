@@ -7,7 +7,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-import repro
 from repro.engine.packed import PackedEngine
 from repro.methods import specs
 

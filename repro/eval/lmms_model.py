@@ -1,4 +1,4 @@
-"""`ReproLMM`: the lmms-eval model class `repro` (a "simple" model, batch size 1).
+"""`ReproLMM`: the lmms-eval model class `repro` (a "simple" model; batch size 1 unless packed).
 
 `model_args` (everything that changes outputs is one of them):
 
@@ -20,9 +20,9 @@ shards the documents by rank. The model is not wrapped in DDP: inference needs n
 
 `batch_size` (also lmms-eval's `--batch_size`): consecutive requests with the same generation
 arguments run as one packed batch (`Model.generate_batch`: each sample keeps its own schedule;
-equal to batch size 1 up to fp32 rounding, logits within 1e-5). The default is 1: measured on
-the 2-core CPU, packing does not speed up tinyworld-llava (its decoder is compute-bound there);
-packed throughput on a GPU has not been measured yet. `max_batch_size` (added by lmms-eval) is
+equal to batch size 1 up to fp32 rounding, logits within 1e-5). The default is 1, which keeps
+records bit-identical to the per-sample path; on the shared 2-core CPU packing 4 measured 1.2x on
+tinyworld-llava (issue 27's note), and packed throughput on a GPU has not been measured yet. `max_batch_size` (added by lmms-eval) is
 accepted and ignored. Any other key is an error that lists these.
 
 Prompts: lmms-eval's stock `llava_hf` chat class sends `[images..., text]` through the processor's
@@ -47,12 +47,13 @@ from lmms_eval.api.instance import GenerationResult, TokenCounts
 from lmms_eval.api.model import lmms
 from PIL import Image
 
-from repro.errors import ReproError
+from repro.errors import InfeasibleBudget, ReproError
 
-ACCEPTED = ("model", "method", "budget", "options", "dtype", "attn", "device", "batch_size")
+ACCEPTED = ("model", "method", "budget", "options", "dtype", "attn", "device", "model_options", "revision",
+            "batch_size")
 IGNORED = ("max_batch_size",)  # added by lmms-eval
 DEFAULTS = {"model": "tinyworld-llava", "method": "none", "budget": "none", "options": "{}", "dtype": "float32",
-            "attn": "sdpa", "device": "cpu", "batch_size": 1}
+            "attn": "sdpa", "device": "cpu", "model_options": "{}", "revision": "main", "batch_size": 1}
 DTYPES = ("float32", "bfloat16", "float16")
 DEFAULT_MAX_NEW_TOKENS = 1024  # what lmms-eval's llava_hf uses when a task sets none
 
@@ -73,7 +74,8 @@ def _none(value: Any) -> bool:
     return value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null"))
 
 
-def parse_options(options: Any) -> dict[str, Any]:
+def parse_options(options: Any, key: str = "options", example: str = '{"keep":0.25,"seed":0}') -> dict[str, Any]:
+    """A JSON object given in model_args (`options`: the method's, `model_options`: repro.load's)."""
     if _none(options):
         return {}
     if isinstance(options, dict):
@@ -81,10 +83,9 @@ def parse_options(options: Any) -> dict[str, Any]:
     try:
         parsed = json.loads(options) if isinstance(options, str) else None
     except json.JSONDecodeError as err:
-        raise ReproError(f"model_args options={options!r} is not valid JSON ({err.msg}); "
-                         "write e.g. options={\"keep\":0.25,\"seed\":0}") from None
+        raise ReproError(f"model_args {key}={options!r} is not valid JSON ({err.msg}); write e.g. {key}={example}") from None
     if not isinstance(parsed, dict):
-        raise ReproError(f"model_args options must be a JSON object, got {options!r}")
+        raise ReproError(f"model_args {key} must be a JSON object, got {options!r}")
     return parsed
 
 
@@ -138,9 +139,10 @@ class ReproLMM(lmms):
             self._rank = self.accelerator.local_process_index  # lmms-eval's evaluator then sets the global rank
             self._world_size = self.accelerator.num_processes
         # `loaded_model` must already be on `parallel.process_device(device)` (the sweep runner's is).
+        model_options = parse_options(args["model_options"], "model_options", '{"protocol":"fixed"}')
         self.model = loaded_model if loaded_model is not None else repro.load(
             str(args["model"]), dtype=str(args["dtype"]), device=self._device,
-            attn_implementation=str(args["attn"]))
+            attn_implementation=str(args["attn"]), revision=str(args["revision"]), **model_options)
 
     @property
     def device(self) -> str:
@@ -203,16 +205,23 @@ class ReproLMM(lmms):
 
     def respond(self, context: str, images: list[Image.Image], gen_kwargs: dict[str, Any]) -> GenerationResult:
         until, max_new = self._generation(gen_kwargs)
-        return self._response(self.model.generate(images, context, method=self.method, max_new_tokens=max_new,
-                                                  stop=until))
+        try:
+            result = self.model.generate(images, context, method=self.method, max_new_tokens=max_new, stop=until)
+        except InfeasibleBudget as err:
+            return self._infeasible(context, err)
+        return self._response(result)
 
     def respond_batch(self, items: list[tuple[str, list[Image.Image], dict[str, Any]]]) -> list[GenerationResult]:
-        """Requests sharing their generation arguments; one packed pass when there are several."""
+        """Requests sharing their generation arguments; one packed pass when there are several
+        (a pack holding a sample infeasible at this budget runs one sample at a time instead)."""
         if len(items) == 1:
             return [self.respond(*items[0])]
         until, max_new = self._generation(items[0][2])
-        results = self.model.generate_batch([(images, context) for context, images, _ in items], method=self.method,
-                                            max_new_tokens=max_new, stop=until)
+        try:
+            results = self.model.generate_batch([(images, context) for context, images, _ in items],
+                                                method=self.method, max_new_tokens=max_new, stop=until)
+        except InfeasibleBudget:
+            return [self.respond(*item) for item in items]
         return [self._response(r) for r in results]
 
     @staticmethod
@@ -224,14 +233,21 @@ class ReproLMM(lmms):
         until = [until] if isinstance(until, str) else list(until)
         return until, int(gen_kwargs.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS)
 
+    def _base(self) -> dict[str, Any]:
+        return {"model": self.model.name, "method": self.method_name or "none", "budget": self.budget,
+                "options": self.options}
+
+    def _infeasible(self, context: str, err: InfeasibleBudget) -> GenerationResult:
+        # no answer at this budget: scored as given (empty), counted, and shown as infeasible
+        record = {**self._base(), "prompt_sha256": hashlib.sha256(context.encode("utf-8")).hexdigest(),
+                  "infeasible": str(err)}
+        return GenerationResult(text="", token_counts=ReproTokenCounts(output_tokens=0, repro=record))
+
     def _response(self, result) -> GenerationResult:
         stats = result.stats.as_dict() if result.stats is not None else {}
         record = {
             "prompt_sha256": hashlib.sha256(result.prompt.encode("utf-8")).hexdigest(),
-            "model": self.model.name,
-            "method": self.method_name or "none",
-            "budget": self.budget,
-            "options": self.options,
+            **self._base(),
             "visual_tokens": stats.get("visual_tokens"),
             "visual_tokens_per_layer": stats.get("visual_attention_tokens"),
             "tflops": stats.get("tflops"),
