@@ -8,7 +8,7 @@ sequence surgery happens in the adapter and the engine.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import Tensor
@@ -16,9 +16,11 @@ from torch import Tensor
 from repro import flops
 from repro.budget import Budget, solve_knob
 from repro.engine import Planner, Schedule, Sequence
+from repro.errors import ReproError
 from repro.models.adapter import Prepared, VisualTokens
 
 if TYPE_CHECKING:
+    from repro.methods.fitting import FitArtifact
     from repro.models.model import Model
 
 
@@ -45,6 +47,28 @@ class Method:
     def planner(self, model: "Model", seq: Sequence) -> Planner:
         """In-LLM: the token sets of every layer's operations."""
         return Schedule.full(model.card.layers)
+
+    # The fit hook (contract in methods/fitting.py): a method that fits on calibration data
+    # overrides both classmethods and accepts `artifact=` (path or artifact) as an option.
+
+    artifact_type: "type[FitArtifact] | None" = None  # set by a method that fits: its artifact class
+
+    @classmethod
+    def fits(cls) -> bool:
+        """Whether this method has a fit step on calibration data."""
+        return cls.artifact_type is not None
+
+    @classmethod
+    def fit_config(cls, options: dict, fit: dict) -> Any:
+        """Validate a fit request (the method's options, its fit keys); a frozen dataclass of
+        everything that changes the fit's result. ReproError on bad input."""
+        raise ReproError(f"method {cls.name!r} has no fit step on calibration data (no `search:` for it)")
+
+    @classmethod
+    def fit(cls, model: "Model", samples: list, config: Any, *, source: str = "", excluded: tuple[str, ...] = (),
+            budgets: tuple[str, ...] = (), progress: bool = True) -> "FitArtifact":
+        """Fit on `samples` from calibration `source`; returns a typed `FitArtifact`."""
+        raise ReproError(f"method {cls.name!r} has no fit step on calibration data")
 
 
 def visual_tokens_for_budget(model: "Model", prepared: Prepared, n_visual: int, budget: Budget) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Sequence as Seq
 
 import torch
@@ -29,6 +29,7 @@ class Stats:
     tflops: dict[str, float]  # realized prefill TFLOPs per convention ("paper", "exact")
     dead_ops: str  # "kept" or "skipped": whether provably dead operations ran
     probe_tflops: float = 0.0  # scoring overhead of in-LLM methods, reported apart from the budget
+    unpruned_tflops: float | None = None  # prefill TFLOPs (paper convention) of the unpruned model on this input
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -43,6 +44,7 @@ class Stats:
             "tflops": dict(self.tflops),
             "dead_ops": self.dead_ops,
             "probe_tflops": self.probe_tflops,
+            "unpruned_tflops": self.unpruned_tflops,
         }
 
 
@@ -146,8 +148,9 @@ class Model:
     def _result(self, prepared: Prepared, seq: Sequence, out: PrefillOutput, tokens: list[int], dead_ops: str,
                 stop: Seq[str]) -> Result:
         text = self._trim(self.tokenizer.decode(tokens, skip_special_tokens=True), stop)
+        unpruned = flops.unpruned_prefill_flops(self.card, prepared.input_ids.numel(), "paper") / 1e12
         return Result(text=text, prompt=prepared.prompt, first_token_logprobs=out.logits.log_softmax(-1),
-                      tokens=tokens, stats=self.stats(seq, out, dead_ops))
+                      tokens=tokens, stats=replace(self.stats(seq, out, dead_ops), unpruned_tflops=unpruned))
 
     def eos_ids(self) -> set[int]:
         eos = self.hf.generation_config.eos_token_id
