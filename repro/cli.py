@@ -544,6 +544,14 @@ def _configure_sweep(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tables", default=None, help="table folder (default paper_tables/<profile>)")
     parser.add_argument("--figures", default=None, help="figure folder (default results/<profile>/figures)")
     parser.add_argument("--threads", type=_non_negative_int, default=None, help="torch CPU threads (default: the spec's `threads`)")
+    parser.add_argument("--workers", type=_non_negative_int, default=None,
+                        help="local executor: worker processes, one thread each when several (default: the spec's "
+                             "`workers`, else one per available core on a CPU, one on an accelerator)")
+    parser.add_argument("--encode-cache-mb", type=_non_negative_int, default=None,
+                        help="each worker's cache of image encodings, in MiB (default 1024; 0 turns it off)")
+    parser.add_argument("--batch-size", type=_non_negative_int, default=1,
+                        help="samples packed into one pass (equal to 1 up to fp32 rounding; 1 on a CPU: packing "
+                             "does not pay there)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and the missing inputs; compute nothing")
     parser.add_argument("--allow-missing", action="store_true", help="exit 0 even when the table has incomplete rows")
 
@@ -569,7 +577,8 @@ def _run_sweep(args: argparse.Namespace) -> int:
                          cpus_per_job=args.cpus_per_job, timeout_min=args.slurm_timeout_min,
                          rows_per_job=args.rows_per_job, cluster=args.slurm_cluster)
     run_sweep(spec, store, executor=args.executor, slurm=slurm, data_dir=args.data_dir, staged=staged,
-              threads=args.threads)
+              threads=args.threads, workers=args.workers, encode_cache_mb=args.encode_cache_mb,
+              batch_size=max(1, args.batch_size))
     from repro.eval.parallel import is_main
 
     if not is_main():  # a non-zero rank under `accelerate launch`: rank 0 writes the reports

@@ -112,7 +112,7 @@ def _run_once(model, images, question, method, timer: StageTimer, device: torch.
     decode: list[float] = []
     with timer.time(t["end_to_end"]):
         with timer.time(t["vision"]):
-            visual = model.encode(prepared)
+            visual = model.encode(prepared, cached=False)  # every repeat times the vision tower
             if method is not None:
                 visual = method.reduce(model, prepared, visual)
         with timer.time(t["prefill"]):
