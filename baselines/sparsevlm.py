@@ -18,7 +18,7 @@ from torch import Tensor
 from repro import flops
 from repro.budget import Budget, solve_knob
 from repro.engine import LayerOps, Merge, Sequence
-from repro.methods.base import Method, stage_layers, top_indices
+from repro.methods.base import Method, stage_layers
 from repro.methods.registry import register
 
 REFERENCE_LAYERS = (2, 6, 15)  # pruning_loc for 32-layer LLaVA-1.5-7B
