@@ -1,3 +1,3 @@
 """The baselines, one module each, built on repro's Method interface; importing registers them."""
 
-from baselines import dart, fastv, pdrop, sparsevlm, vispruner  # noqa: F401
+from baselines import dart, fastv, fitprune, pdrop, sparsevlm, vispruner  # noqa: F401

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
 
 import repro
-from baselines import dart, pdrop, sparsevlm
+from baselines import dart, fitprune, pdrop, sparsevlm
 
 
 class Shape(NamedTuple):
@@ -91,6 +91,15 @@ def dart_count(s: Shape, t: int) -> list[int]:
     return [s.n_visual] * 2 + [kept] * (s.n_layers - 2)
 
 
+def fitprune_count(s: Shape, t: int) -> list[int]:
+    """Attention visual counts of the mildest official table whose layer average is at most T."""
+    for ratio in sorted(fitprune.RECIPES):
+        attn, _ = fitprune.visual_counts(fitprune.scaled_recipe(ratio, s.n_layers, s.n_visual), s.n_visual)
+        if sum(attn) <= t * s.n_layers:
+            return attn
+    raise AssertionError("no table fits")
+
+
 def dop_build(budget: str | None, s: Shape):
     """DOP with an explicit policy (its budget is chosen by a search, tested in test_dop.py):
     tokens:T keeps T uniform patches in every operation of every layer."""
@@ -121,6 +130,9 @@ SETTINGS: dict[str, MethodSettings] = {
                         "inverse": "its reducer's scores are checked under the reducer's own name"}),
     "pdrop": MethodSettings(count=pdrop_count, infeasible="tokens:1", inverse_budget="tokens:54"),
     "sparsevlm": MethodSettings(count=sparsevlm_count, ratios=(0.7, 0.8)),
+    "fitprune": MethodSettings(
+        count=fitprune_count, infeasible="tokens:1",
+        ratio_floor=0.9),  # eleven official tables: the nearest below R can be ~7% under it
     "dart": MethodSettings(
         count=dart_count, ratios=(0.85,), infeasible="ratio:0.3",
         ratio_floor=0.9),  # realized counts move in steps of 8 tokens on 54-112 visual tokens
