@@ -131,7 +131,7 @@ SETTINGS: dict[str, MethodSettings] = {
     "pdrop": MethodSettings(count=pdrop_count, infeasible="tokens:1", inverse_budget="tokens:54"),
     "sparsevlm": MethodSettings(count=sparsevlm_count, ratios=(0.7, 0.8)),
     "fitprune": MethodSettings(
-        count=fitprune_count, infeasible="tokens:1",
+        count=fitprune_count, infeasible="tokens:1", inverse_budget="tokens:60",
         ratio_floor=0.9),  # eleven official tables: the nearest below R can be ~7% under it
     "dart": MethodSettings(
         count=dart_count, ratios=(0.85,), infeasible="ratio:0.3",
