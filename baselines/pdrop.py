@@ -36,8 +36,8 @@ def per_layer_counts(n_layers: int, boundaries: tuple[int, ...], counts: list[in
 @register("pdrop", stage="in-llm",
           knob="layer-average visual tokens (λ solved, layer_list fixed; official: λ=0.5, [8,16,24])",
           reference="Xing et al., CVPR 2025, arXiv 2410.17247; github.com/Cooperx521/PyramidDrop @ 6444f304ae",
-          variants={"layers": "stage boundaries (default: [8,16,24] scaled to the model's depth when deeper "
-                              "than it; the card's 64/128/192 rows use [2,8,16])",
+          variants={"layers": "stage boundaries (default: [8,16,24] scaled by L/32 on an L-layer model; "
+                              "the card's 64/128/192 rows use [2,8,16])",
                     "lam": "λ when no budget is given (default 0.5)",
                     "positions": "'reference' (renumbered per stage; original on M-RoPE) or 'original'",
                     "inverse": "keep the lowest-scored tokens (sanity check, not a method)"})
@@ -54,7 +54,7 @@ class PDrop(Method):
         self.layers, self.lam, self.positions_option, self.inverse = layers, lam, positions, inverse
 
     def planner(self, model, seq: Sequence) -> "PDropPlanner":
-        bounds = stage_layers("PDrop", self.layers, REFERENCE_LAYERS, model.card.layers)
+        bounds = stage_layers("PDrop", self.layers, REFERENCE_LAYERS, model.card.layers, scale="always")
         counts = stage_counts(seq.visual.numel(), self.solve_lambda(model, seq, bounds), len(bounds))
         renumber = self.positions_option == "reference" and seq.positions.dim() == 1
         return PDropPlanner(seq, bounds, counts, self.inverse, renumber)

@@ -75,17 +75,18 @@ def top_indices(scores: Tensor, k: int, *, inverse: bool = False) -> Tensor:
 
 
 def stage_layers(method: str, layers: "tuple[int, ...] | None", reference: tuple[int, ...], n_layers: int,
-                 *, first: int = 1, last: int | None = None) -> tuple[int, ...]:
+                 *, first: int = 1, last: int | None = None, scale: str = "when-deeper") -> tuple[int, ...]:
     """A method's decoder layers on a model `n_layers` deep, checked.
 
-    `layers=None` takes the reference list (written for 32-layer LLaVA-1.5-7B) as is when it fits
-    and scaled by n_layers/32 (rounded, duplicates merged) when it does not (METHODS.md §2.2).
+    `layers=None` takes the reference list (written for 32-layer LLaVA-1.5-7B) scaled by
+    n_layers/32 (rounded, duplicates merged): with `scale="always"` on any other depth (PDrop's
+    card), with `"when-deeper"` only when the list does not fit the model (SparseVLM's card).
     Given layers must be strictly ascending and inside [first, last] (default n_layers - 1).
     """
     last = n_layers - 1 if last is None else last
     if layers is None:
         layers = reference
-        if max(reference) > last:
+        if (scale == "always" and n_layers != 32) or max(reference) > last:
             layers = tuple(sorted({min(max(round(b * n_layers / 32), first), last) for b in reference}))
     layers = tuple(int(b) for b in layers)
     if not layers or any(a >= b for a, b in zip(layers, layers[1:])):
