@@ -70,8 +70,8 @@ def fitprune_scores(attention: Tensor, n_text: int) -> Tensor:
 
 
 @register("fitprune", stage="in-llm",
-          knob="official reduction table (0-90%): tokens:T takes the mildest table whose layer-average "
-               "visual attention count is <= T",
+          knob="official reduction table (0-90%): tokens:T takes the table nearest to a 1 - T/N "
+               "reduction (64/128/192 of 576 -> 90/80/70)",
           reference="Ye et al., arXiv 2409.10197; github.com/ywh187/FitPrune @ d28e418c92",
           variants={"ratio": "the official table (%) when no budget (default 60: scripts/v1_5/eval/textvqa.sh)",
                     "recipe": "'official' (the repo's tables, default) or 'fitted' (needs the fit hook of issue 22; "
@@ -96,19 +96,22 @@ class FitPrune(Method):
         return FitPrunePlanner(seq, scaled_recipe(self.choose(model, seq), n_layers, n_vis), self.inverse)
 
     def choose(self, model, seq: Sequence) -> int:
-        """The table for this sample: the mildest whose count (tokens:T) or paper FLOPs fits."""
+        """The table for this sample. tokens:T reads T as a visual-token reduction (1 − T/N) and
+        takes the nearest table (ties: the milder), as the card maps 64/128/192 to 90/80/70;
+        ratio/tflops take the mildest table whose paper FLOPs fit."""
         if self.budget is None:
             return self.ratio
         n_layers, n_vis, n_other = model.card.layers, seq.visual.numel(), seq.n_tokens - seq.visual.numel()
+        if self.budget.kind == "tokens":
+            target = 100 * (1 - min(self.budget.value, n_vis) / max(n_vis, 1))
+            return min(sorted(RECIPES), key=lambda r: abs(r - target))
 
         def cost(ratio: int) -> float:
             attn, mlp = visual_counts(scaled_recipe(ratio, n_layers, n_vis), n_vis)
-            if self.budget.kind == "tokens":
-                return sum(attn) / n_layers
             return flops.prefill_flops(model.card, [flops.LayerTokens(n_other + a, n_other + a, n_other + m)
                                                     for a, m in zip(attn, mlp)], "paper")
 
-        limit = float(self.budget.value) if self.budget.kind == "tokens" else self.budget.max_flops(cost(0))
+        limit = self.budget.max_flops(cost(0))
         fits = [r for r in sorted(RECIPES) if cost(r) <= limit]
         if not fits:
             raise ReproError(f"infeasible budget {self.budget} for FitPrune: even the 90% table exceeds it")
