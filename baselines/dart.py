@@ -80,6 +80,7 @@ def dart_select(key_norms: Tensor, states: Tensor, visual: Tensor, text: Tensor,
                     "reduction_ratio": "T = N·(1 − ratio) when no budget (default 0.778, the scripts' value)",
                     "retain_next": "LLaVA-NeXT T when no budget (default 320: the official v1_6 runs)",
                     "pivot_order": "'python_set' (reference) or 'sorted'",
+                    "pivot_image/pivot_text": "pivots per kind (default 4 and 4; the quota is T / their sum)",
                     "inverse": "lowest-norm pivots, most similar picks (sanity check, not a method)"})
 class DART(Method):
     """Defaults: K = 2, 4 image + 4 text pivots, the official scripts' T."""

@@ -115,7 +115,8 @@ def merge_clusters(states: Tensor, assign: Tensor, n_clusters: int) -> Tensor:
           reference="Zhang et al., ICML 2025, arXiv 2410.04417; github.com/Gumpest/SparseVLMs @ 26a5f48813 (v1.0)",
           variants={"version": "'1.0' (default; recycling) or '1.5' (same rule, flash-compatible in the "
                                "reference: identical here); v2.0 is not implemented (a clear error)",
-                    "layers": "sparse layers (default [2,6,15], scaled to the model's depth when deeper than it)",
+                    "layers": "sparse layers (default [2,6,15]; scaled by L/32 on a model too shallow for it)",
+                    "retain": "the official row used when no budget is given (64/96/128/192, default 192)",
                     "recycle": "merge the best pruned tokens back (default True)",
                     "seed": "seed of the density noise of the clustering (default 0)",
                     "inverse": "keep the lowest-scored tokens (sanity check, not a method)"})
