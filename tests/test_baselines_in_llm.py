@@ -230,3 +230,18 @@ def test_stage_layers_beyond_the_models_depth_are_refused(tiny_models, name, opt
     model = tiny_models["tiny-llava-1.5"]["sdpa"]
     with pytest.raises(ReproError, match=message):
         model.generate(make_image(0), "What?", method=repro.method(name, **options), max_new_tokens=1)
+
+
+# ------------------------------------------------------------------------------ positions
+
+@pytest.mark.parametrize("name, renumbered", [("pdrop", True), ("sparsevlm", True), ("fitprune", False), ("dart", False)])
+def test_decode_positions_follow_the_cards_position_rule(tiny_models, name, renumbered):
+    """Renumbering methods decode each layer from its own cache length; the others from the
+    unpruned prompt length (METHODS.md §1.2)."""
+    model = tiny_models["tiny-llava-1.5"]["sdpa"]
+    method = repro.method(name, "ratio:0.6")
+    prepared = model.prepare(make_image(3, (300, 200)), "What?")
+    seq = model.assemble(prepared, model.encode(prepared), method.position_mode(model))
+    out = model.engine.prefill(seq, method.planner(model, seq))
+    expected = [r.keys for r in out.records] if renumbered else [seq.n_tokens] * model.card.layers
+    assert [int(p) for p in out.cache.next_position] == expected
