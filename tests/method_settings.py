@@ -107,15 +107,16 @@ def dop_build(budget: str | None, s: Shape):
 
 
 NO_SCORES = "keeps tokens without scores, so there is nothing to invert"
+IN_TINYWORLD_TESTS = "runs in tests/test_tinyworld_llava.py over 192 samples"
 SETTINGS: dict[str, MethodSettings] = {
     "fastv": MethodSettings(
         count=lambda s, t: [s.n_visual] * 2 + [t] * (s.n_layers - 2),
-        ratios=(0.85,), infeasible="ratio:0.3"),  # layers 0-1 alone cost more than 0.3
+        ratios=(0.85,), infeasible="ratio:0.3",  # layers 0-1 alone cost more than 0.3
+        not_applicable={"inverse": IN_TINYWORLD_TESTS}),
     "vispruner": MethodSettings(
         count=every_layer(lambda s, t: t + s.n_visual - s.n_patches), full="patches",
         tokens=lambda s: s.n_patches // 2, ratios=(0.6, 0.8),
-        xfail={"inverse": "measured on the shipped tinyworld-llava: [CLS] attention is untrained there "
-                          "(tests/test_tinyworld_llava.py, repro/tinyworld/README.md)"}),
+        not_applicable={"inverse": IN_TINYWORLD_TESTS + " (a strict xfail: [CLS] attention is untrained there)"}),
     "uniform": MethodSettings(
         count=every_layer(lambda s, t: t + s.n_visual - s.n_patches), full="patches",
         tokens=lambda s: s.n_patches // 2, ratios=(0.5, 0.8), not_applicable={"inverse": NO_SCORES}),
