@@ -15,7 +15,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from repro.errors import ReproError
+from repro.errors import InfeasibleBudget, ReproError
 
 KINDS = ("tokens", "ratio", "tflops")
 
@@ -103,7 +103,7 @@ def solve_knob(candidates: Sequence[int], cost: Callable[[int], float], max_cost
         raise ValueError("candidates must be strictly ascending")
     cheapest = cost(candidates[0])
     if cheapest > max_cost:
-        raise ReproError(
+        raise InfeasibleBudget(
             f"infeasible budget: the cheapest setting ({candidates[0]}) costs "
             f"{cheapest / 1e12:.4g} TFLOPs > {max_cost / 1e12:.4g} TFLOPs allowed"
         )

@@ -33,7 +33,9 @@ UPDATE_COMMAND = "python -m repro check --profile tiny --update-golden"
 # reported names -> ours (paper_tables/reported/README.md)
 MODELS = {"LLaVA-1.5-7B": "llava-1.5-7b", "LLaVA-1.5-13B": "llava-1.5-13b", "LLaVA-NeXT-7B": "llava-next-7b",
           "LLaVA-NeXT-13B": "llava-next-13b", "Qwen2.5-VL-7B": "qwen2.5-vl-7b", "InternVL3-8B": "internvl3-8b"}
-METHODS = {"Vanilla": UNPRUNED, "FastV": "fastv", "VisPruner": "vispruner", "DOP": "dop"}
+METHODS = {"Vanilla": UNPRUNED, "FastV": "fastv", "VisPruner": "vispruner", "DOP": "dop", "PDrop": "pdrop",
+           "SparseVLM": "sparsevlm", "FitPrune": "fitprune", "DART": "dart", "VisionZip": "visionzip",
+           "CDPruner": "cdpruner", "DivPrune": "divprune", "PruMerge+": "prumerge_plus", "TRIM": "trim"}
 BENCHMARKS = {"VQAv2": "VQAv2", "GQA": "GQA", "VizWiz": "VizWiz", "SQA-IMG": "ScienceQA-IMG", "TextVQA": "TextVQA",
               "POPE": "POPE", "MME": "MME", "MMB-EN": "MMBench-EN", "MMB-CN": "MMBench-CN", "AI2D": "AI2D",
               "ChartQA": "ChartQA", "OCRBench": "OCRBench", "SEED-I (image)": "SEED-Bench"}
@@ -55,6 +57,7 @@ class CheckRow:
     reproduced: float | str | None
     tolerance: float
     source: str
+    alternates: str = ""  # other sources' values for the same identity (reported registry)
 
     @property
     def delta(self) -> float | None:
@@ -71,14 +74,17 @@ class CheckRow:
         return "pass" if abs(self.reproduced - self.reference) <= self.tolerance else "fail"
 
 
-def load_tolerances(path: Path | str, registry: str) -> dict[str, float]:
+def _tolerance_file(path: Path | str) -> dict:
     import yaml
 
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise ReproError(f"no tolerance file at {path} (paper_tables/tolerances.yaml in the repository)") from None
-    table = data.get(registry)
+
+
+def load_tolerances(path: Path | str, registry: str) -> dict[str, float]:
+    table = _tolerance_file(path).get(registry)
     if not isinstance(table, dict) or "default" not in table:
         raise ReproError(f"{path}: needs a `{registry}:` mapping with a `default` tolerance")
     return {str(k): float(v) for k, v in table.items()}
@@ -155,6 +161,58 @@ def compare_golden(spec: Spec, store: Store, golden: Path, tols: dict[str, float
 
 # --------------------------------------------------------------------------- reported (paper)
 
+# Several sources report the same (model, method, budget, benchmark, metric): one is the
+# reference, the others are kept as alternates and shown (paper_tables/reported/README.md,
+# "Choosing one reference"). Preference, first difference wins:
+#   1. the source's protocol matches ours: the other papers ran LLaVA-NeXT at native anyres,
+#      the CDPruner and VisPruner pages on the fixed 672x672 grid our paper profile uses;
+#   2. the method's own publication;
+#   3. the CDPruner page, then the VisPruner page (both read twice from the full-resolution
+#      images), then the third-party transcription of the other papers.
+SOURCE_ORDER = ("baselines_cdpruner.csv", "baselines_vispruner.csv", "other_papers.csv")
+OWN_SOURCE = {"CDPruner": ("baselines_cdpruner.csv", ""), "VisPruner": ("baselines_vispruner.csv", ""),
+              "VisionZip": ("other_papers.csv", "VisionZip"), "PDrop": ("other_papers.csv", "PyramidDrop"),
+              "FastV": ("other_papers.csv", "FastV README")}
+NATIVE_ANYRES = ("other_papers.csv",)  # sources whose LLaVA-NeXT rows do not use the fixed grid
+
+
+@dataclass(frozen=True)
+class Reported:
+    """One reported value and where it was read."""
+    value: float
+    metric: str
+    file: str
+    source: str
+    source_table: str
+
+    def rank(self, model: str, method: str) -> tuple:
+        mismatch = model.startswith("llava-next") and self.file in NATIVE_ANYRES
+        own_file, own_text = OWN_SOURCE.get(method, ("", None))
+        own = self.file == own_file and own_text is not None and own_text in self.source
+        order = SOURCE_ORDER.index(self.file) if self.file in SOURCE_ORDER else len(SOURCE_ORDER)
+        return (mismatch, not own, order)
+
+    def cite(self) -> str:
+        return f"{self.file}: {self.source_table}"
+
+
+def reported_references(registry: Path) -> dict[tuple, list[Reported]]:
+    """(model, reported method, budget, benchmark) -> its reported values, preferred first."""
+    found: dict[tuple, list[Reported]] = {}
+    for path in sorted(registry.glob("*.csv")):
+        with path.open(encoding="utf-8") as f:
+            for r in csv.DictReader(f):
+                ident = _reported_identity(r)
+                if ident is None or not r["value"]:
+                    continue
+                key = (ident[0], r["method"], ident[2], ident[3])
+                found.setdefault(key, []).append(
+                    Reported(float(r["value"]), r["metric"], path.name, r["source"], r["source_table"]))
+    for (model, method, _, _), values in found.items():
+        values.sort(key=lambda v: v.rank(model, method))
+    return found
+
+
 def _cells_by_identity(cells: list[Cell]) -> dict[tuple, list[Cell]]:
     from repro.runner import benchmarks
 
@@ -164,21 +222,33 @@ def _cells_by_identity(cells: list[Cell]) -> dict[tuple, list[Cell]]:
     return found
 
 
-def compare_reported(spec: Spec, store: Store, registry: Path, tols: dict[str, float]) -> list[CheckRow]:
-    """Every reported row whose (model, method, budget, benchmark) is a cell of `spec`."""
-    cells = _cells_by_identity(expand(spec))
+def load_allowances(path: Path | str) -> dict[str, float]:
+    """benchmark -> extra tolerance for a known protocol difference between the reporting papers
+    and lmms-eval (`reported_protocol:` in the tolerance file)."""
+    table = _tolerance_file(path).get("reported_protocol") or {}
+    if not isinstance(table, dict):
+        raise ReproError(f"{path}: `reported_protocol:` must map benchmarks to extra tolerances")
+    return {str(k): float(v) for k, v in table.items()}
+
+
+def compare_reported(specs: list[Spec], store: Store, registry: Path, tols: dict[str, float],
+                     allowances: dict[str, float] | None = None) -> list[CheckRow]:
+    """One row per reported identity whose (model, method, budget, benchmark) is a cell of the
+    specs, against its preferred reference; cells shared by several specs count once."""
+    unique = {c.key: c for spec in specs for c in expand(spec)}
+    cells = _cells_by_identity(list(unique.values()))
     out = []
-    for path in sorted(registry.glob("*.csv")):
-        with path.open(encoding="utf-8") as f:
-            for r in csv.DictReader(f):
-                ident = _reported_identity(r)
-                if ident is None or ident not in cells or not r["value"]:
-                    continue
-                values = [_reported_scale(store.read(c.key), ident[3]) for c in cells[ident]]
-                values = [v for v in values if v is not None]
-                mine = sum(values) / len(values) if values else None
-                out.append(CheckRow(ident[0], r["method"], ident[2], ident[3], r["metric"], float(r["value"]), mine,
-                                    tolerance(tols, r["metric"]), f"{path.name}: {r['source_table']}"))
+    for (model, method, budget, bench), values in reported_references(registry).items():
+        ident = (model, METHODS[method], budget, bench)
+        if ident not in cells:
+            continue
+        ref = values[0]
+        reproduced = [_reported_scale(store.read(c.key), bench) for c in cells[ident]]
+        reproduced = [v for v in reproduced if v is not None]
+        mine = sum(reproduced) / len(reproduced) if reproduced else None
+        alternates = "; ".join(f"{v.value:g} ({v.cite()})" for v in values[1:])
+        out.append(CheckRow(model, method, budget, bench, ref.metric, ref.value, mine,
+                            tolerance(tols, ref.metric) + (allowances or {}).get(bench, 0.0), ref.cite(), alternates))
     return out
 
 
@@ -208,7 +278,7 @@ def environment_note(records: list[dict | None]) -> str | None:
     from repro.environment import lock_sha256
 
     current = lock_sha256()
-    found = [r["provenance"] for r in records if r is not None]
+    found = [r.get("provenance") or {} for r in records if r is not None]
     other = [p.get("lock_sha256", "unrecorded") for p in found if p.get("lock_sha256", "unrecorded") != current]
     off = sum(bool(p.get("lock_departures")) for p in found)
     if not other and not off:
@@ -231,11 +301,13 @@ def format_rows(rows: list[CheckRow]) -> list[dict]:
 
     return [{"model": r.model, "method": r.method, "budget": r.budget, "benchmark": r.benchmark, "metric": r.metric,
              "reference": num(r.reference), "reproduced": num(r.reproduced), "delta": num(r.delta),
-             "tolerance": num(r.tolerance), "status": r.status, "source": r.source} for r in rows]
+             "tolerance": num(r.tolerance), "status": r.status, "source": r.source, "alternates": r.alternates}
+            for r in rows]
 
 
 CHECK_COLUMNS = ["model", "method", "budget", "benchmark", "metric", "reference", "reproduced", "delta", "tolerance",
-                 "status", "source"]
+                 "status", "source", "alternates"]
+SHOWN_COLUMNS = CHECK_COLUMNS[:-2]  # the console leaves out the citations
 
 
 def run_check(*, profile: str, spec_path: str | None, store: str | None, reference: str | None,
@@ -255,17 +327,19 @@ def run_check(*, profile: str, spec_path: str | None, store: str | None, referen
     else:
         if update_golden:
             raise ReproError("--update-golden is for the tiny profile (the paper profile compares published numbers)")
-        tols = load_tolerances(tolerances, "reported")
-        rows = []
-        for path in [spec_path] if spec_path else PAPER_SPECS:
-            rows += compare_reported(load_spec(path), store_obj, Path(reference) if reference else REPORTED, tols)
+        specs = [load_spec(path) for path in ([spec_path] if spec_path else PAPER_SPECS)]
+        rows = compare_reported(specs, store_obj, Path(reference) if reference else REPORTED,
+                                load_tolerances(tolerances, "reported"), load_allowances(tolerances))
+        if not any(r.reproduced is not None for r in rows):
+            raise ReproError(f"nothing to compare: none of the {len(rows)} reference values has a reproduced cell "
+                             f"in {store_obj.root}; run the sweep first (./run_all.sh --profile paper) or pass "
+                             "--store")
     table = format_rows(rows)
     from repro.cli import _format_table
 
-    cells = expand(spec) if profile == "tiny" else [c for path in ([spec_path] if spec_path else PAPER_SPECS)
-                                                   for c in expand(load_spec(path))]
+    cells = expand(spec) if profile == "tiny" else [c for s in specs for c in expand(s)]
 
-    print(_format_table(CHECK_COLUMNS[:-1], [[t[c] for c in CHECK_COLUMNS[:-1]] for t in table]))
+    print(_format_table(SHOWN_COLUMNS, [[t[c] for c in SHOWN_COLUMNS] for t in table]))
     counts = {s: sum(r.status == s for r in rows) for s in ("pass", "fail", "missing")}
     print(f"check ({profile}): {counts['pass']} pass, {counts['fail']} fail, {counts['missing']} missing "
           f"of {len(rows)} reference values")
@@ -275,7 +349,12 @@ def run_check(*, profile: str, spec_path: str | None, store: str | None, referen
     if out:
         from repro.report.tables import write_table
 
-        for path in write_table(table, CHECK_COLUMNS, out, f"check-{profile}", f"repro check --profile {profile}"):
+        paths = write_table(table, CHECK_COLUMNS, out, f"check-{profile}", f"repro check --profile {profile}")
+        if profile == "paper":
+            from repro.report.check_figure import reproduced_vs_reported
+
+            paths += reproduced_vs_reported(rows, out, f"check-{profile}")
+        for path in paths:
             print(f"wrote {path}")
     for r in rows:
         if r.status == "fail":

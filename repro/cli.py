@@ -512,6 +512,10 @@ def _configure_sweep(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--executor", choices=["local", "slurm"], default="local",
                         help="local: in this process (default); slurm: submitit jobs")
     parser.add_argument("--slurm-partition", default=None)
+    parser.add_argument("--slurm-account", default=None, help="SLURM account to charge (--account)")
+    parser.add_argument("--slurm-qos", default=None, help="SLURM quality of service (--qos)")
+    parser.add_argument("--slurm-constraint", default=None, help="SLURM node features, e.g. a100|h100 (--constraint)")
+    parser.add_argument("--slurm-mem-gb", type=_non_negative_int, default=64, help="memory per job in GB")
     parser.add_argument("--gpus-per-job", type=_non_negative_int, default=1)
     parser.add_argument("--cpus-per-job", type=_non_negative_int, default=8)
     parser.add_argument("--rows-per-job", type=_non_negative_int, default=1,
@@ -544,8 +548,10 @@ def _run_sweep(args: argparse.Namespace) -> int:
     from repro.runner.executors import SlurmOptions
 
     store = Path(args.store) if args.store else default_store(spec.profile)
-    slurm = SlurmOptions(partition=args.slurm_partition, gpus_per_job=args.gpus_per_job, cpus_per_job=args.cpus_per_job,
-                         timeout_min=args.slurm_timeout_min, rows_per_job=args.rows_per_job, cluster=args.slurm_cluster)
+    slurm = SlurmOptions(partition=args.slurm_partition, account=args.slurm_account, qos=args.slurm_qos,
+                         constraint=args.slurm_constraint, mem_gb=args.slurm_mem_gb, gpus_per_job=args.gpus_per_job,
+                         cpus_per_job=args.cpus_per_job, timeout_min=args.slurm_timeout_min,
+                         rows_per_job=args.rows_per_job, cluster=args.slurm_cluster)
     run_sweep(spec, store, executor=args.executor, slurm=slurm, data_dir=args.data_dir, staged=staged,
               threads=args.threads)
     from repro.eval.parallel import is_main

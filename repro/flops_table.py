@@ -81,6 +81,16 @@ def flops_rows(models: Sequence[ModelEntry], text_tokens: int = DEFAULT_TEXT_TOK
     return rows
 
 
+def equal_flops_ratio(entry: ModelEntry, n_tokens: int, text_tokens: int = DEFAULT_TEXT_TOKENS) -> float:
+    """The FLOPs ratio of keeping `n_tokens` visual tokens in every layer, on the model's nominal
+    prompt (its card's visual tokens + `text_tokens`): a token budget at equal prefill TFLOPs."""
+    card = entry.card
+    if not 0 <= n_tokens <= card.visual_tokens:
+        raise ReproError(f"{entry.name} has {card.visual_tokens} visual tokens; cannot keep {n_tokens}")
+    return (unpruned_prefill_flops(card, n_tokens + text_tokens, "paper")
+            / unpruned_prefill_flops(card, card.visual_tokens + text_tokens, "paper"))
+
+
 def _cells(row: FlopsRow) -> list[str]:
     return [
         row.model,

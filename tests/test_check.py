@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from repro.check import compare_reported, load_tolerances, run_check
+from repro.check import compare_reported, load_allowances, load_tolerances, reported_references, run_check
 from repro.errors import ReproError
 from repro.runner.spec import expand, load_spec
 from repro.runner.store import Store
@@ -90,7 +90,7 @@ def test_reported_numbers_are_compared_on_their_scale(tmp_path):
     for cell in expand(spec):
         if (cell.method, cell.task) in raw:
             store.write(cell.key, {"metrics": {"benchmark": "x", "raw": raw[(cell.method, cell.task)]}}, [])
-    rows = compare_reported(spec, store, ROOT / "paper_tables" / "reported",
+    rows = compare_reported([spec], store, ROOT / "paper_tables" / "reported",
                             load_tolerances(ROOT / "paper_tables" / "tolerances.yaml", "reported"))
     by = {(r.method, r.benchmark, r.status) for r in rows}
     assert ("Vanilla", "GQA", "pass") in by and ("Vanilla", "MME", "pass") in by
@@ -101,16 +101,72 @@ def test_reported_numbers_are_compared_on_their_scale(tmp_path):
     assert code == 1
 
 
+def test_one_reference_per_identity_with_the_alternates_shown():
+    refs = reported_references(ROOT / "paper_tables" / "reported")
+    # FastV@64 SQA on LLaVA-1.5-7B: CDPruner page 70.1, VisPruner page 51.1 -> CDPruner preferred
+    sqa = refs[("llava-1.5-7b", "FastV", "tokens:64", "ScienceQA-IMG")]
+    assert [v.value for v in sqa] == [70.1, 51.1] and sqa[0].file == "baselines_cdpruner.csv"
+    # a method's own publication wins over a re-run ...
+    own = refs[("llava-1.5-7b", "VisPruner", "tokens:64", "GQA")]
+    assert own[0].file == "baselines_vispruner.csv"
+    assert refs[("llava-1.5-7b", "VisionZip", "tokens:64", "GQA")][0].source.startswith("VisionZip")
+    # ... unless its protocol differs: VisionZip ran LLaVA-NeXT at native anyres, not the fixed grid
+    nxt = refs[("llava-next-7b", "VisionZip", "tokens:640", "GQA")]
+    assert nxt[0].file == "baselines_cdpruner.csv" and any(v.file == "other_papers.csv" for v in nxt[1:])
+
+
+def test_each_identity_is_checked_once_with_protocol_allowances(tmp_path):
+    spec_path = tmp_path / "paper.yaml"
+    spec_path.write_text(PAPER_SPEC.replace("[gqa, mme]", "[gqa, textvqa_val]"))
+    twin = tmp_path / "budgets.yaml"
+    twin.write_text(PAPER_SPEC.replace("[gqa, mme]", "[gqa, textvqa_val]").replace("tokens:64", "tokens:128"))
+    store = Store(tmp_path / "store")
+    tol_file = ROOT / "paper_tables" / "tolerances.yaml"
+    rows = compare_reported([load_spec(spec_path), load_spec(twin)], store, ROOT / "paper_tables" / "reported",
+                            load_tolerances(tol_file, "reported"), load_allowances(tol_file))
+    idents = [(r.model, r.method, r.budget, r.benchmark) for r in rows]
+    assert len(idents) == len(set(idents))  # the unpruned cells shared by both specs count once
+    assert ("llava-1.5-7b", "Vanilla", "-", "GQA") in idents
+    text = {r.budget: r.tolerance for r in rows if r.benchmark == "TextVQA" and r.method == "Vanilla"}
+    gqa = {r.budget: r.tolerance for r in rows if r.benchmark == "GQA" and r.method == "Vanilla"}
+    assert text["-"] == gqa["-"] + 5.0  # no OCR tokens in lmms-eval's TextVQA prompt
+
+
+def test_nothing_to_compare_is_an_error(tmp_path):
+    spec_path = tmp_path / "paper.yaml"
+    spec_path.write_text(PAPER_SPEC)
+    with pytest.raises(ReproError, match="nothing to compare"):
+        run_check(profile="paper", spec_path=str(spec_path), store=str(tmp_path / "empty"), reference=None,
+                  update_golden=False, out=None)
+
+
+def test_paper_check_writes_the_reproduced_vs_reported_figure(tmp_path):
+    spec_path = tmp_path / "paper.yaml"
+    spec_path.write_text(PAPER_SPEC)
+    store = Store(tmp_path / "store")
+    for cell in expand(load_spec(spec_path)):
+        if cell.task == "gqa":
+            store.write(cell.key, {"metrics": {"benchmark": "x", "raw": 0.6}}, [])
+    run_check(profile="paper", spec_path=str(spec_path), store=str(tmp_path / "store"), reference=None,
+              update_golden=False, out=str(tmp_path / "out"))
+    assert (tmp_path / "out" / "check-paper-llava-1.5-7b.png").stat().st_size > 0
+    header = (tmp_path / "out" / "check-paper.csv").read_text().splitlines()[0]
+    assert header.endswith("source,alternates")
+
+
 def test_paper_dry_run_lists_the_plan_and_what_is_missing(tmp_path):
     out = _run(["./run_all.sh", "--table", "main", "--profile", "paper", "--dry-run", "--", "--staged",
                 str(tmp_path / "nothing")])
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.splitlines()
     assert lines[0].startswith("profile: paper")
-    assert any(line.startswith("plan: 546 cells") for line in lines)
+    assert any(line.startswith("plan: 1131 cells") for line in lines)
+    assert "ratio:0.2366 (flops-of-tokens:64)" in out.stdout  # token budgets at equal TFLOPs, per model
     assert "GPU hours" in out.stdout
     assert f"dataset gqa in {tmp_path / 'nothing' / 'gqa'}" in out.stdout
-    assert "hf download lmms-lab/GQA --repo-type dataset" in out.stdout
+    assert "hf download lmms-lab-encoder/GQA --repo-type dataset" in out.stdout  # as the installed YAML reads
+    assert "model options: llava-next-7b: protocol=fixed" in out.stdout
+    assert "model options: qwen2.5-vl-7b: min_pixels=200704, max_pixels=1605632" in out.stdout
 
 
 def test_missing_inputs_stop_the_run_before_any_compute(tmp_path):

@@ -61,3 +61,20 @@ def test_two_processes_store_what_one_process_stores(tmp_path):
         assert [s["token_counts"][0]["repro"]["visual_tokens"] for s in sb] == \
             [s["token_counts"][0]["repro"]["visual_tokens"] for s in sa]
     assert (two / "tables" / "main.md").is_file()
+
+
+def test_a_launch_without_multi_gpu_is_refused_with_the_right_command(tmp_path):
+    """accelerate's simple launcher runs one process whatever --num_processes says; the sweep
+    refuses it before any work and names `--multi_gpu`."""
+    from repro.eval.parallel import single_process_launch
+
+    assert single_process_launch({"ACCELERATE_MIXED_PRECISION": "no", "MASTER_ADDR": "127.0.0.1"})
+    assert not single_process_launch({"ACCELERATE_MIXED_PRECISION": "no"})  # one process asked for
+    assert not single_process_launch({"ACCELERATE_MIXED_PRECISION": "no", "MASTER_ADDR": "x", "WORLD_SIZE": "2"})
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(SPEC)
+    simple = [a for a in LAUNCH if a != "--multi_gpu"]
+    out = subprocess.run([*simple, "-m", "repro", "sweep", str(spec_path), "--store", str(tmp_path / "s")], cwd=ROOT,
+                         env=_env(), capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode != 0 and "error: accelerate launch started one process" in out.stderr, out.stderr[-2000:]
+    assert not (tmp_path / "s" / "cells").exists()

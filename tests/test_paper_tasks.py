@@ -5,6 +5,7 @@ by lmms-eval's own code (MMBench statically, no API), on small fake parquet file
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -15,6 +16,13 @@ from repro.errors import ReproError
 from repro.eval import tasks as pt
 
 STAGE = {  # paper task -> (tiny key, path under STAGED/<task>/ as the hub lays it out)
+    "vqav2_val": ("vqav2", "data/validation-00000-of-00001.parquet"),
+    "vizwiz_vqa_val": ("vizwiz", "data/val-00000-of-00001.parquet"),
+    "scienceqa_img": ("scienceqa", "ScienceQA-IMG/test-00000-of-00001.parquet"),
+    "seedbench": ("seed", "data/test-00000-of-00001.parquet"),
+    "mme": ("mme", "data/test-00000-of-00001.parquet"),
+    "ai2d": ("ai2d", "data/test-00000-of-00001.parquet"),
+    "chartqa": ("chartqa", "data/test-00000-of-00001.parquet"),
     "pope": ("pope", "data/test-00000-of-00001.parquet"),
     "textvqa_val": ("textvqa", "data/validation-00000-of-00001.parquet"),
     "ocrbench": ("ocrbench", "data/test-00000-of-00001.parquet"),
@@ -87,6 +95,9 @@ def test_oracle_scores_perfectly_offline(staged, tmp_path, monkeypatch):
 
     tm = pt.task_manager(staged, tmp_path / "tasks", NAMES)
     res = evaluator.simple_evaluate(model=Oracle(), tasks=[pt.GROUP], task_manager=tm, bootstrap_iters=0)["results"]
+    assert len(NAMES) == 13  # every paper task, end to end on fake staged data
+    for t in pt.PAPER_TASKS:
+        assert res[t.task][t.main_metric] > 0, (t.task, res[t.task])
     assert res["pope"]["pope_f1_score,none"] == 1.0
     assert res["textvqa_val"]["exact_match,none"] == 1.0
     assert res["ocrbench"]["ocrbench_accuracy,none"] == 1.0
@@ -97,8 +108,8 @@ def test_oracle_scores_perfectly_offline(staged, tmp_path, monkeypatch):
 
 
 def test_missing_and_corrupt_staged_data(staged, tmp_path):
-    with pytest.raises(ReproError, match=r"no staged data for vqav2_val .*hf download lmms-lab/VQAv2"):
-        pt.verify_staged(staged, ["vqav2_val"])
+    with pytest.raises(ReproError, match=r"no staged data for vqav2_val .*hf download lmms-lab-encoder/VQAv2"):
+        pt.verify_staged(tmp_path / "empty", ["vqav2_val"])
     bad = tmp_path / "staged"
     shutil.copytree(staged / "pope", bad / "pope")
     (bad / "pope" / "data" / "test-00000-of-00001.parquet").write_bytes(b"not parquet")
@@ -109,3 +120,49 @@ def test_missing_and_corrupt_staged_data(staged, tmp_path):
 def test_unknown_paper_task():
     with pytest.raises(ReproError, match="the paper profile has: textvqa_val"):
         pt.paper_task("textvqa")
+
+
+def test_staging_hints_name_the_repositories_of_the_installed_yamls():
+    """The hub repository of each hint is the `dataset_path` of the installed lmms-eval YAML (or
+    of a file it includes): a new lmms-eval that moves a dataset moves the hint with it."""
+    from repro.eval.tasks import PAPER_TASKS, download_hint, official_dataset
+    from repro.tinyworld.yamls import lmms_eval_tasks_dir
+
+    tasks_dir = Path(lmms_eval_tasks_dir())
+    for t in PAPER_TASKS:
+        hub, _ = official_dataset(t)
+        folder = (tasks_dir / t.include).parent
+        assert any(f"dataset_path: {hub}" in f.read_text() for f in folder.iterdir() if f.is_file()), t.name
+        assert f"hf download {hub} " in download_hint(t, Path("staged"))
+    assert official_dataset(next(t for t in PAPER_TASKS if t.name == "ocrbench"))[0] == "echo840/OCRBench"
+
+
+def test_reduced_run_keeps_pairs_circular_groups_and_splits(staged):
+    """The seeded subset keeps MME's question pairs and MMBench's circular groups whole, POPE's
+    splits in proportion, and is the same draw every time."""
+    from repro.eval.subset import subset_rows
+
+    mme, rows = pt.subset_table(staged, pt.paper_task("mme"), 3, seed=0)
+    ids = mme.column("question_id").to_pylist()
+    assert len(rows) >= 3 and all(ids.count(i) == 2 for i in ids)  # whole pairs only
+    mmb, _ = pt.subset_table(staged, pt.paper_task("mmbench_en_dev"), 2, seed=0)
+    full = pq.read_table(staged / "mmbench_en_dev" / STAGE["mmbench_en_dev"][1]).column("index").to_pylist()
+    kept = mmb.column("index").to_pylist()
+    for group in {i % 1_000_000 for i in kept}:  # every rotation of a kept question is kept
+        assert sorted(i for i in kept if i % 1_000_000 == group) == sorted(i for i in full if i % 1_000_000 == group)
+    cats = ["random"] * 30 + ["popular"] * 30 + ["adversarial"] * 60
+    pope = subset_rows("pope", len(cats), {"category": cats}, 40, seed=0)
+    drawn = [cats[i] for i in pope]
+    assert (drawn.count("random"), drawn.count("popular"), drawn.count("adversarial")) == (10, 10, 20)
+    assert pope == subset_rows("pope", len(cats), {"category": cats}, 40, seed=0)
+    assert pope != subset_rows("pope", len(cats), {"category": cats}, 40, seed=1)
+    assert subset_rows("gqa", 5, {}, 10, seed=0) == [0, 1, 2, 3, 4]  # a small split is kept whole
+
+
+def test_reduced_task_folder_reads_only_the_subset(staged, tmp_path):
+    pt.write_task_folder(staged, tmp_path, ["pope", "gqa"], subset=(4, 0))
+    cfg = yaml.safe_load((tmp_path / "pope.yaml").read_text())
+    files = cfg["dataset_kwargs"]["data_files"]["test"]
+    assert files == [str((tmp_path / "_subset" / "pope" / "test-subset.parquet").resolve())]
+    assert pq.read_table(files[0]).num_rows == len(pt.subset_table(staged, pt.paper_task("pope"), 4, 0)[1])
+    assert pq.read_table(files[0]).num_rows < pq.read_table(staged / "pope" / STAGE["pope"][1]).num_rows

@@ -143,3 +143,55 @@ def test_tables_and_figures(concurrent):
     for ext in ("md", "tex", "csv"):
         assert (store / "tables" / f"main.{ext}").is_file()
     assert {p.suffix for p in (store / "figures").iterdir()} == {".png", ".pdf"}
+
+
+def test_an_infeasible_budget_is_recorded_not_fatal(tmp_path):
+    """FastV at K=3 cannot reach 10% of the FLOPs (three full layers already cost more): every sample
+    is recorded as infeasible, the sweep goes on to the next cell, and the table says so."""
+    path = tmp_path / "infeasible.yaml"
+    path.write_text(textwrap.dedent("""\
+        profile: tiny
+        table: main
+        models: [tinyworld-llava]
+        tasks: [tinyworld_gqa]
+        limit: 3
+        threads: 1
+        budgets: [ratio:0.1]
+        methods:
+          - name: none
+          - name: fastv
+            options: {k: 3}
+    """))
+    spec = load_spec(path)
+    result = run_sweep(spec, tmp_path / "store", progress=False)
+    assert len(result.outcome.computed) == 2
+    fastv = next(c for c in expand(spec) if c.method == "fastv")
+    stats = Store(tmp_path / "store").read(fastv.key)["budget_stats"]
+    assert stats == {"samples": 0, "infeasible": 3}
+    write_reports(spec, Store(tmp_path / "store"), tmp_path / "tables", tmp_path / "figures")
+    text = (tmp_path / "tables" / "main.md").read_text()
+    assert "ratio:0.1 (infeasible 3 of 3)" in text
+
+
+def test_a_failed_slurm_job_does_not_stop_the_others(tmp_path, capsys):
+    """Every job is waited for and reported as it ends; failures are summarized at the end."""
+    import submitit
+
+    from repro.errors import ReproError
+    from repro.runner.executors import _collect
+
+    def job_ok():  # nested: cloudpickle sends them by value to the job processes
+        from repro.runner.executors import Outcome
+
+        return Outcome(computed=["a", "b"])
+
+    def job_fails():
+        raise RuntimeError("CUDA out of memory")
+
+    executor = submitit.AutoExecutor(folder=tmp_path / "%j", cluster="local")
+    executor.update_parameters(timeout_min=5, gpus_per_node=0)
+    jobs = [executor.submit(job_fails), executor.submit(job_ok)]
+    with pytest.raises(ReproError, match=r"(?s)1 of 2 job\(s\) failed.*RuntimeError: CUDA out of memory"):
+        _collect(jobs, tmp_path)
+    out = capsys.readouterr().out
+    assert "FAILED: " in out and "2 computed" in out  # the second job still ran and was counted

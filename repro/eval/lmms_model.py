@@ -43,12 +43,12 @@ from lmms_eval.api.instance import GenerationResult, TokenCounts
 from lmms_eval.api.model import lmms
 from PIL import Image
 
-from repro.errors import ReproError
+from repro.errors import InfeasibleBudget, ReproError
 
-ACCEPTED = ("model", "method", "budget", "options", "dtype", "attn", "device")
+ACCEPTED = ("model", "method", "budget", "options", "dtype", "attn", "device", "model_options", "revision")
 IGNORED = ("batch_size", "max_batch_size")  # added by lmms-eval; batch size 1 always
 DEFAULTS = {"model": "tinyworld-llava", "method": "none", "budget": "none", "options": "{}", "dtype": "float32",
-            "attn": "sdpa", "device": "cpu"}
+            "attn": "sdpa", "device": "cpu", "model_options": "{}", "revision": "main"}
 DTYPES = ("float32", "bfloat16", "float16")
 DEFAULT_MAX_NEW_TOKENS = 1024  # what lmms-eval's llava_hf uses when a task sets none
 
@@ -69,7 +69,8 @@ def _none(value: Any) -> bool:
     return value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null"))
 
 
-def parse_options(options: Any) -> dict[str, Any]:
+def parse_options(options: Any, key: str = "options", example: str = '{"keep":0.25,"seed":0}') -> dict[str, Any]:
+    """A JSON object given in model_args (`options`: the method's, `model_options`: repro.load's)."""
     if _none(options):
         return {}
     if isinstance(options, dict):
@@ -77,10 +78,9 @@ def parse_options(options: Any) -> dict[str, Any]:
     try:
         parsed = json.loads(options) if isinstance(options, str) else None
     except json.JSONDecodeError as err:
-        raise ReproError(f"model_args options={options!r} is not valid JSON ({err.msg}); "
-                         "write e.g. options={\"keep\":0.25,\"seed\":0}") from None
+        raise ReproError(f"model_args {key}={options!r} is not valid JSON ({err.msg}); write e.g. {key}={example}") from None
     if not isinstance(parsed, dict):
-        raise ReproError(f"model_args options must be a JSON object, got {options!r}")
+        raise ReproError(f"model_args {key} must be a JSON object, got {options!r}")
     return parsed
 
 
@@ -127,9 +127,10 @@ class ReproLMM(lmms):
             self._rank = self.accelerator.local_process_index  # lmms-eval's evaluator then sets the global rank
             self._world_size = self.accelerator.num_processes
         # `loaded_model` must already be on `parallel.process_device(device)` (the sweep runner's is).
+        model_options = parse_options(args["model_options"], "model_options", '{"protocol":"fixed"}')
         self.model = loaded_model if loaded_model is not None else repro.load(
             str(args["model"]), dtype=str(args["dtype"]), device=self._device,
-            attn_implementation=str(args["attn"]))
+            attn_implementation=str(args["attn"]), revision=str(args["revision"]), **model_options)
 
     @property
     def device(self) -> str:
@@ -181,14 +182,19 @@ class ReproLMM(lmms):
         until = gen_kwargs.get("until") or []
         until = [until] if isinstance(until, str) else list(until)
         max_new = int(gen_kwargs.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS)
-        result = self.model.generate(images, context, method=self.method, max_new_tokens=max_new, stop=until)
+        base = {"model": self.model.name, "method": self.method_name or "none", "budget": self.budget,
+                "options": self.options}
+        try:
+            result = self.model.generate(images, context, method=self.method, max_new_tokens=max_new, stop=until)
+        except InfeasibleBudget as err:
+            # no answer at this budget: scored as given (empty), counted, and shown as infeasible
+            record = {**base, "prompt_sha256": hashlib.sha256(context.encode("utf-8")).hexdigest(),
+                      "infeasible": str(err)}
+            return GenerationResult(text="", token_counts=ReproTokenCounts(output_tokens=0, repro=record))
         stats = result.stats.as_dict() if result.stats is not None else {}
         record = {
             "prompt_sha256": hashlib.sha256(result.prompt.encode("utf-8")).hexdigest(),
-            "model": self.model.name,
-            "method": self.method_name or "none",
-            "budget": self.budget,
-            "options": self.options,
+            **base,
             "visual_tokens": stats.get("visual_tokens"),
             "visual_tokens_per_layer": stats.get("visual_attention_tokens"),
             "tflops": stats.get("tflops"),

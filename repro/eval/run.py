@@ -63,9 +63,10 @@ def check_tasks(task_manager, tasks: list[str]) -> None:
 
 
 def task_manager_for(data_dir: Path | str | None = None, *, staged: Path | str | None = None,
-                     include_path: Path | str | None = None):
+                     include_path: Path | str | None = None, subset: tuple[int, int] | None = None):
     """The TaskManager of one run: the tiny world in `data_dir`, the staged paper tasks of `staged`
-    (see repro.eval.tasks), or a plain `include_path` folder. Data are verified first."""
+    (see repro.eval.tasks; `subset`: the reduced run's documents per task and seed), or a plain
+    `include_path` folder. Data are verified first."""
     from lmms_eval.tasks import TaskManager
 
     if sum(x is not None for x in (data_dir, staged, include_path)) != 1:
@@ -77,7 +78,7 @@ def task_manager_for(data_dir: Path | str | None = None, *, staged: Path | str |
     if staged is not None:
         from .tasks import task_manager as paper_task_manager
 
-        return paper_task_manager(staged)
+        return paper_task_manager(staged, subset=subset)
     return TaskManager(include_path=str(include_path), include_defaults=False)
 
 

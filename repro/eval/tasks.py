@@ -4,10 +4,10 @@ pre-staged local data.
 Staging (on a machine with network access, once): put each task's evaluation split under
 `STAGED/<task>/` as the hub's parquet files, e.g.
 
-    hf download lmms-lab/textvqa --repo-type dataset --include "data/validation-*" --local-dir STAGED/textvqa_val
+    hf download lmms-lab-encoder/textvqa --repo-type dataset --include "*validation*" --local-dir STAGED/textvqa_val
 
-(`PaperTask.hub`, `.config` and `.split` below say which repository, configuration and split;
-the dataset repositories are the ones the installed lmms-eval YAMLs name), or as a
+(`official_dataset` reads the repository and configuration from the installed lmms-eval YAML
+itself, so the hints follow lmms-eval; `PaperTask.split` says which split), or as a
 `datasets.DatasetDict` saved with `save_to_disk` (a folder with `dataset_dict.json` that holds
 the split). GQA also needs its image set (`testdev_balanced_images`, split `testdev`) under
 `STAGED/gqa_images/`. Parquet files are found recursively; when some are named `<split>-*.parquet`
@@ -54,9 +54,7 @@ class PaperTask:
     benchmark: str
     include: str  # official YAML, relative to lmms_eval/tasks/
     split: str  # the split the official YAML evaluates
-    hub: str  # dataset repository the official YAML reads
     main_metric: str  # "<metric>,<filter>" key in lmms-eval results
-    config: str | None = None  # hub configuration (official dataset_name)
     run_name: str | None = None  # task name in runs, when it differs from `name`
     overrides: dict[str, Any] = field(default_factory=dict)
 
@@ -75,31 +73,30 @@ _EXACT = {"metric": "exact_match", "aggregation": "mean", "higher_is_better": Tr
           "ignore_punctuation": True}
 
 PAPER_TASKS: tuple[PaperTask, ...] = (
-    PaperTask("textvqa_val", "TextVQA", "textvqa/textvqa_val.yaml", "validation", "lmms-lab/textvqa",
+    PaperTask("textvqa_val", "TextVQA", "textvqa/textvqa_val.yaml", "validation",
               "exact_match,none", overrides={"metric_list": [_EXACT]}),
-    PaperTask("vqav2_val", "VQAv2", "vqav2/vqav2_val.yaml", "validation", "lmms-lab/VQAv2", "exact_match,none"),
-    PaperTask("gqa", "GQA", "gqa/gqa.yaml", "testdev", "lmms-lab/GQA", "exact_match,none",
-              config="testdev_balanced_instructions",
+    PaperTask("vqav2_val", "VQAv2", "vqav2/vqav2_val.yaml", "validation", "exact_match,none"),
+    PaperTask("gqa", "GQA", "gqa/gqa.yaml", "testdev", "exact_match,none",
               overrides={"process_docs": "gqa_process_docs_local"}),
-    PaperTask("vizwiz_vqa_val", "VizWiz", "vizwiz_vqa/vizwiz_vqa_val.yaml", "val", "lmms-lab/VizWiz-VQA",
+    PaperTask("vizwiz_vqa_val", "VizWiz", "vizwiz_vqa/vizwiz_vqa_val.yaml", "val",
               "exact_match,none"),
-    PaperTask("scienceqa_img", "ScienceQA-IMG", "scienceqa/scienceqa_img.yaml", "test", "lmms-lab/ScienceQA",
-              "exact_match,none", config="ScienceQA-IMG"),
-    PaperTask("seedbench", "SEED-Bench", "seedbench/seedbench.yaml", "test", "lmms-lab/SEED-Bench", "seed_image,none"),
-    PaperTask("mme", "MME", "mme/mme.yaml", "test", "lmms-lab/MME", "mme_perception_score,none"),
-    PaperTask("pope", "POPE", "pope/pope.yaml", "test", "lmms-lab/POPE", "pope_f1_score,none"),
-    PaperTask("mmbench_en_dev", "MMBench-EN", "mmbench/mmbench_en_dev_static.yaml", "dev", "lmms-lab/MMBench",
-              "gpt_eval_score,none", config="en", run_name="mmbench_en_dev_static",
+    PaperTask("scienceqa_img", "ScienceQA-IMG", "scienceqa/scienceqa_img.yaml", "test",
+              "exact_match,none"),
+    PaperTask("seedbench", "SEED-Bench", "seedbench/seedbench.yaml", "test", "seed_image,none"),
+    PaperTask("mme", "MME", "mme/mme.yaml", "test", "mme_perception_score,none"),
+    PaperTask("pope", "POPE", "pope/pope.yaml", "test", "pope_f1_score,none"),
+    PaperTask("mmbench_en_dev", "MMBench-EN", "mmbench/mmbench_en_dev_static.yaml", "dev",
+              "gpt_eval_score,none", run_name="mmbench_en_dev_static",
               overrides={"metric_list": [{"metric": "gpt_eval_score", "aggregation": "mmbench_en_aggregate_static",
                                           "higher_is_better": True}]}),
-    PaperTask("mmbench_cn_dev", "MMBench-CN", "mmbench/_default_template_mmbench_cn_yaml", "dev", "lmms-lab/MMBench",
-              "gpt_eval_score,none", config="cn", run_name="mmbench_cn_dev_static",
+    PaperTask("mmbench_cn_dev", "MMBench-CN", "mmbench/_default_template_mmbench_cn_yaml", "dev",
+              "gpt_eval_score,none", run_name="mmbench_cn_dev_static",
               overrides={"metric_list": [{"metric": "gpt_eval_score", "aggregation": "mmbench_cn_aggregate_static",
                                           "higher_is_better": True}]}),
-    PaperTask("ai2d", "AI2D", "ai2d/ai2d.yaml", "test", "lmms-lab/ai2d", "exact_match,flexible-extract",
+    PaperTask("ai2d", "AI2D", "ai2d/ai2d.yaml", "test", "exact_match,flexible-extract",
               overrides={"tag": []}),
-    PaperTask("chartqa", "ChartQA", "chartqa/chartqa.yaml", "test", "lmms-lab/ChartQA", "relaxed_overall,none"),
-    PaperTask("ocrbench", "OCRBench", "ocrbench/ocrbench.yaml", "test", "echo840/OCRBench", "ocrbench_accuracy,none",
+    PaperTask("chartqa", "ChartQA", "chartqa/chartqa.yaml", "test", "relaxed_overall,none"),
+    PaperTask("ocrbench", "OCRBench", "ocrbench/ocrbench.yaml", "test", "ocrbench_accuracy,none",
               overrides={"tag": [], "metric_list": [{"metric": "ocrbench_accuracy",
                                                      "aggregation": "ocrbench_mean_accuracy",
                                                      "higher_is_better": True}]}),
@@ -115,10 +112,51 @@ def paper_task(name: str) -> PaperTask:
     raise ReproError(f"unknown paper task {name!r}; the paper profile has: {', '.join(t.name for t in PAPER_TASKS)}")
 
 
+def official_dataset(t: PaperTask) -> tuple[str, str | None]:
+    """(dataset repository, configuration) that the installed lmms-eval YAML of `t` reads,
+    following its `include:` chain."""
+    from repro.tinyworld.yamls import lmms_eval_tasks_dir
+
+    found: dict[str, Any] = {}
+    path = Path(lmms_eval_tasks_dir()) / t.include
+    while path is not None:
+        cfg = _read_task_yaml(path)
+        for key in ("dataset_path", "dataset_name"):
+            if key in cfg and key not in found:  # the including file overrides what it includes
+                found[key] = cfg[key]
+        path = path.parent / cfg["include"] if cfg.get("include") else None
+    if not found.get("dataset_path"):
+        raise ReproError(f"{t.include} names no dataset_path; install the lmms-eval version of requirements.lock")
+    return str(found["dataset_path"]), found.get("dataset_name")
+
+
+def _read_task_yaml(path: Path) -> dict[str, Any]:
+    """An lmms-eval task YAML, its `!function` tags read as plain strings."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_constructor("!function", lambda loader, node: loader.construct_scalar(node))
+    try:
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=Loader) or {}  # noqa: S506 - SafeLoader subclass
+    except FileNotFoundError:
+        raise ReproError(f"lmms-eval task file {path} is missing; install the lmms-eval version of "
+                         "requirements.lock") from None
+
+
 def download_hint(t: PaperTask, staged: Path) -> str:
-    pattern = f"{t.config}/{t.split}-*" if t.config else f"*{t.split}*"
-    return (f"`hf download {t.hub} --repo-type dataset --include \"{pattern}\" --local-dir {staged / t.name}` "
+    hub, config = official_dataset(t)
+    pattern = f"{config}/{t.split}-*" if config else f"*{t.split}*"
+    return (f"`hf download {hub} --repo-type dataset --include \"{pattern}\" --local-dir {staged / t.name}` "
             "on a machine with network access (or save a DatasetDict with that split there)")
+
+
+def gqa_images_hint(staged: Path) -> str:
+    """The image set GQA's official utils load (`testdev_balanced_images`) from the same repository."""
+    hub, _ = official_dataset(paper_task("gqa"))
+    return (f"hf download {hub} --repo-type dataset --include \"testdev_balanced_images/*\" "
+            f"--local-dir {staged / GQA_IMAGES}")
 
 
 def staged_source(staged: Path, t: PaperTask, folder: str | None = None) -> dict[str, Any]:
@@ -175,7 +213,7 @@ def task_config(t: PaperTask, staged: Path, tasks_dir: Path) -> dict[str, Any]:
         raise ReproError(f"lmms-eval task file {included} is missing; install the lmms-eval version pinned in "
                          "pyproject.toml")
     cfg: dict[str, Any] = {"include": str(included), "task": t.task, **staged_source(staged, t), "test_split": t.split}
-    if t.config is not None:
+    if official_dataset(t)[1] is not None:
         cfg["dataset_name"] = None
     for key, value in t.overrides.items():
         if key == "process_docs":
@@ -187,8 +225,30 @@ def task_config(t: PaperTask, staged: Path, tasks_dir: Path) -> dict[str, Any]:
     return cfg
 
 
-def write_task_folder(staged: Path | str, out: Path | str, names: list[str] | None = None) -> list[Path]:
-    """Write the override YAMLs (and the group `repro_paper`) for the staged tasks into `out`."""
+def subset_table(staged: Path, t: PaperTask, n: int, seed: int):
+    """(rows of the reduced run's subset of `t`'s staged split as a pyarrow Table, their positions)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .subset import needed_columns, subset_rows
+
+    source = staged_source(staged, t)
+    if source["dataset_path"] == "parquet":
+        table = pa.concat_tables([pq.read_table(f) for f in source["dataset_kwargs"]["data_files"][t.split]])
+    else:
+        import datasets
+
+        table = datasets.load_from_disk(source["dataset_path"])[t.split].data.table
+    columns = {c: table.column(c).to_pylist() for c in needed_columns(t.name)}
+    rows = subset_rows(t.name, table.num_rows, columns, n, seed)
+    return table.take(rows), rows
+
+
+def write_task_folder(staged: Path | str, out: Path | str, names: list[str] | None = None,
+                      subset: tuple[int, int] | None = None) -> list[Path]:
+    """Write the override YAMLs (and the group `repro_paper`) for the staged tasks into `out`.
+    `subset` (documents per task, seed) points each task at its reduced-run subset instead
+    (`repro.eval.subset`), written as parquet under `out/_subset/`."""
     from repro.tinyworld.yamls import _write_if_changed, lmms_eval_tasks_dir, render_yaml
 
     staged, out = Path(staged), Path(out)
@@ -206,7 +266,16 @@ def write_task_folder(staged: Path | str, out: Path | str, names: list[str] | No
     tasks_dir = lmms_eval_tasks_dir()
     for t in selected:
         path = out / f"{t.task}.yaml"
-        _write_if_changed(path, _header(render_yaml(task_config(t, staged, tasks_dir))))
+        cfg = task_config(t, staged, tasks_dir)
+        if subset is not None:
+            import pyarrow.parquet as pq
+
+            table, _ = subset_table(staged, t, *subset)
+            data = out / "_subset" / t.name / f"{t.split}-subset.parquet"
+            data.parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(table, data)
+            cfg.update(dataset_path="parquet", dataset_kwargs={"data_files": {t.split: [str(data.resolve())]}})
+        _write_if_changed(path, _header(render_yaml(cfg)))
         written.append(path)
     group = out / f"_{GROUP}.yaml"
     _write_if_changed(group, _header(render_yaml({"group": GROUP, "task": [t.task for t in selected]})))
@@ -218,10 +287,13 @@ def _header(text: str) -> str:
     return "# Generated by repro.eval.tasks.write_task_folder from staged data; do not edit.\n" + rest
 
 
-def task_manager(staged: Path | str, out: Path | str | None = None, names: list[str] | None = None):
-    """TaskManager over the override folder (default `STAGED/_lmms_tasks`), after verifying the data."""
+def task_manager(staged: Path | str, out: Path | str | None = None, names: list[str] | None = None,
+                 subset: tuple[int, int] | None = None):
+    """TaskManager over the override folder (default `STAGED/_lmms_tasks`, or
+    `STAGED/_lmms_tasks_subset<N>_seed<S>` for a reduced run), after verifying the data."""
     from lmms_eval.tasks import TaskManager
 
-    out = Path(out) if out is not None else Path(staged) / "_lmms_tasks"
-    write_task_folder(staged, out, names)
+    default = "_lmms_tasks" + (f"_subset{subset[0]}_seed{subset[1]}" if subset else "")
+    out = Path(out) if out is not None else Path(staged) / default
+    write_task_folder(staged, out, names, subset)
     return TaskManager(include_path=str(out), include_defaults=False)

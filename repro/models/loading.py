@@ -37,14 +37,17 @@ _LLAVA_NEXT_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 
 
 
 def load(name_or_path: str, *, dtype: torch.dtype | str | None = None, device: str | torch.device | None = None,
-         attn_implementation: str = "sdpa", random_weights: bool = False, **options: Any) -> Model:
+         attn_implementation: str = "sdpa", random_weights: bool = False, revision: str | None = None,
+         **options: Any) -> Model:
     """Load a model for the engine.
 
     - a tiny name (`tiny-llava-1.5`, `tiny-llava-next`) builds a tiny random model offline;
     - a registry name (`python -m repro models`) resolves to its HF id;
     - an HF id or a local directory loads through `from_pretrained` (respects HF_HUB_OFFLINE);
     - `random_weights=True` builds a registry model's real architecture with random weights
-      (FLOPs and latency only; `device="meta"` builds it without allocating memory).
+      (FLOPs and latency only; `device="meta"` builds it without allocating memory);
+    - `revision` (a hub branch, tag or commit) pins the weights of a hub load; tiny, shipped and
+      local models have no revision.
 
     Image-side `options`, per family: LLaVA-NeXT `protocol="fixed"` (one 2×2 grid: the 672×672,
     2880-token protocol of VisPruner and CDPruner; default "native" anyres); Qwen2.5-VL
@@ -64,7 +67,8 @@ def load(name_or_path: str, *, dtype: torch.dtype | str | None = None, device: s
         name = entry.name
     else:
         name, source = _resolve(name_or_path)
-        hf, processor = _from_pretrained(source, dtype, attn_implementation)
+        hf, processor = _from_pretrained(source, dtype, attn_implementation,
+                                         None if Path(source).exists() else revision)
     adapter_cls = ADAPTERS.get(hf.config.model_type)
     if adapter_cls is None:
         raise ReproError(f"{name}: model_type {hf.config.model_type!r} has no adapter yet "
@@ -108,13 +112,14 @@ def _check_local_dir(path: Path) -> None:
                          f"`hf download <hf-id> --local-dir {path}` (see `python -m repro models` for ids)")
 
 
-def _from_pretrained(source: str, dtype: torch.dtype | None, attn_implementation: str) -> tuple[Any, Any]:
+def _from_pretrained(source: str, dtype: torch.dtype | None, attn_implementation: str,
+                     revision: str | None = None) -> tuple[Any, Any]:
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     try:
-        hf = AutoModelForImageTextToText.from_pretrained(source, dtype=dtype or "auto",
+        hf = AutoModelForImageTextToText.from_pretrained(source, dtype=dtype or "auto", revision=revision,
                                                          attn_implementation=attn_implementation)
-        processor = AutoProcessor.from_pretrained(source)
+        processor = AutoProcessor.from_pretrained(source, revision=revision)
     except OSError as err:
         raise ReproError(f"cannot load {source!r} ({err.__class__.__name__}: {str(err).splitlines()[0]}); "
                          f"download it first with `hf download {source}` on a machine with network access, "
@@ -153,6 +158,24 @@ def _random_weights(entry: ModelEntry, dtype: torch.dtype | None, device: str | 
     vision = dict(hidden_size=v.hidden, intermediate_size=v.mlp, num_hidden_layers=v.layers,
                   num_attention_heads=v.heads, attention_bias=True)
     return tiny_internvl3(tile=v.image_size, patch=v.patch_size, max_tiles=12, text=text, vision=vision, **common)
+
+
+# family of the registry -> model_type, for checking options before anything loads
+_FAMILY_TYPES = {"llava-1.5": "llava", "llava-next": "llava_next", "qwen2.5-vl": "qwen2_5_vl", "internvl3": "internvl"}
+_TINY_TYPES = {"bench-llava-1.5": "llava", "tiny-llava-1.5": "llava", "tiny-llava-1.5-deep": "llava",
+               "tiny-llava-next": "llava_next", "tiny-qwen2.5-vl": "qwen2_5_vl", "tiny-internvl3": "internvl",
+               "tinyworld-llava": "llava"}
+
+
+def option_names(name: str) -> tuple[str, ...] | None:
+    """The image-side options `load(name, ...)` accepts, known without loading anything (None for an
+    HF id or a directory, whose family shows only once its config is read)."""
+    if name in _TINY_TYPES:
+        return OPTIONS[_TINY_TYPES[name]]
+    for e in entries():
+        if e.name == name and e.family in _FAMILY_TYPES:
+            return OPTIONS[_FAMILY_TYPES[e.family]]
+    return None
 
 
 def _apply_options(hf: Any, processor: Any, options: dict[str, Any]) -> None:

@@ -28,6 +28,8 @@ class Row:
     rel_avg: float = math.nan
     missing: int = 0
     unpruned: bool = False
+    infeasible: int = 0  # samples without an answer: the budget is below the method's cheapest setting
+    samples: int = 0
 
     @property
     def avg(self) -> float:
@@ -42,22 +44,25 @@ def collect(spec: Spec, store: Store) -> tuple[list[Row], list[str]]:
     columns = list(dict.fromkeys(benchmarks.headline(t).benchmark for t in spec.tasks))
     acc: dict[tuple, dict] = {}
     for cell in expand(spec):
-        ident = (cell.model, cell.label, cell.budget or "-")
-        slot = acc.setdefault(ident, {"scores": {}, "flops": [], "missing": 0, "unpruned": cell.method == UNPRUNED})
+        ident = (cell.model, cell.label, cell.budget_shown)
+        slot = acc.setdefault(ident, {"scores": {}, "flops": [], "missing": 0, "unpruned": cell.method == UNPRUNED,
+                                      "infeasible": 0, "samples": 0})
         record = store.read(cell.key)
         if record is None:
             slot["missing"] += 1
             continue
         slot["scores"].setdefault(record["metrics"]["benchmark"], []).append(record["metrics"]["score"])
         stats = record.get("budget_stats") or {}
-        if stats:
+        if stats.get("tflops_paper"):
             slot["flops"].append((stats["tflops_paper"]["mean"], stats["samples"]))
+        slot["infeasible"] += stats.get("infeasible", 0)
+        slot["samples"] += stats.get("samples", 0) + stats.get("infeasible", 0)
     rows = []
     for (model, label, budget), slot in acc.items():
         n = sum(w for _, w in slot["flops"])
         rows.append(Row(model, label, budget, {b: sum(v) / len(v) for b, v in slot["scores"].items()},
                         sum(f * w for f, w in slot["flops"]) / n if n else math.nan, missing=slot["missing"],
-                        unpruned=slot["unpruned"]))
+                        unpruned=slot["unpruned"], infeasible=slot["infeasible"], samples=slot["samples"]))
     for row in rows:
         base = next((r for r in rows if r.model == row.model and r.unpruned), None)
         if base is None:
@@ -80,7 +85,8 @@ def _fmt(x: float, digits: int) -> str:
 def table_rows(rows: list[Row], columns: list[str]) -> list[dict]:
     out = []
     for r in rows:
-        d = {"Model": r.model, "Method": r.method, "Budget": r.budget,
+        budget = f"{r.budget} (infeasible {r.infeasible} of {r.samples})" if r.infeasible else r.budget
+        d = {"Model": r.model, "Method": r.method, "Budget": budget,
              "TFLOPs": "–" if math.isnan(r.tflops) else f"{r.tflops:#.4g}", "FLOPs ratio": _fmt(r.ratio, 3)}
         d.update({b: _fmt(r.benchmarks.get(b, math.nan), 1) for b in columns})
         d["Avg"], d["Rel. Avg"] = _fmt(r.avg, 1), _fmt(r.rel_avg, 1)
@@ -96,5 +102,7 @@ def write_accuracy_table(spec: Spec, store: Store, out_dir: Path | str, name: st
     caption = (f"{spec.table} ({spec.profile} profile, {Path(spec.path).name}): scores 0-100 (MME/20), "
                f"limit {spec.limit or 'all'} per task, seeds {list(spec.seeds)}; TFLOPs = realized prefill TFLOPs "
                "(paper convention, mean over samples); Rel. Avg = mean of score/unpruned x 100 over benchmarks "
-               "where unpruned > 0" + (f"; {missing} cell(s) missing" if missing else ""))
+               "where unpruned > 0; an infeasible sample (budget below the method's cheapest setting) is "
+               "scored as an empty answer and counted in the Budget column"
+               + (f"; {missing} cell(s) missing" if missing else ""))
     return write_table(table_rows(rows, columns), table_columns(columns), out_dir, name or spec.table, caption)

@@ -44,6 +44,8 @@ def search_options(entry: MethodEntry | Cell, where: str = "sweep spec"):
 def artifact_name(cell: Cell) -> str:
     ident = {"model": cell.model, "revision": cell.model_revision, "dtype": cell.dtype, "attn": cell.attn,
              "reducer": cell.options.get("reducer", "vispruner"), "search": cell.search, "harness": cell.harness}
+    if cell.model_options:
+        ident["model_options"] = cell.model_options
     digest = hashlib.sha256(canonical_json(ident).encode()).hexdigest()[:16]
     return f"dop-{cell.model}-{digest}"
 

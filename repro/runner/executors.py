@@ -40,6 +40,7 @@ class DataSource:
     profile: str = "tiny"
     data_dir: str | None = None
     staged: str | None = None
+    subset: tuple[int, int] | None = None  # paper profile: the reduced run's documents per task and seed
 
     def task_manager(self):
         from repro.eval.run import task_manager_for
@@ -50,7 +51,15 @@ class DataSource:
             data_dir = Path(self.data_dir) if self.data_dir else tinyworld.default_data_dir()
             tinyworld.build(data_dir)
             return task_manager_for(data_dir)
-        return task_manager_for(staged=self.staged)
+        return task_manager_for(staged=self.staged, subset=self.subset)
+
+    def subset_rows(self, task: str) -> list[int] | None:
+        """Row positions of the reduced run's subset of `task` in its staged split (None: all rows)."""
+        if self.subset is None:
+            return None
+        from repro.eval.tasks import paper_task, subset_table
+
+        return subset_table(Path(self.staged or "data/staged"), paper_task(task), *self.subset)[1]
 
 
 @dataclass
@@ -78,15 +87,17 @@ def budget_stats(samples: list[dict]) -> dict:
     """Realized TFLOPs and token statistics over a cell's sample logs."""
     import numpy as np
 
-    recs = [s["token_counts"][0]["repro"] for s in samples if s.get("token_counts")]
+    answered = [s["token_counts"][0]["repro"] for s in samples if s.get("token_counts")]
+    recs = [r for r in answered if "infeasible" not in r]
+    infeasible = len(answered) - len(recs)
     if not recs:
-        return {}
+        return {"samples": 0, "infeasible": infeasible} if infeasible else {}
     paper = np.array([r["tflops"]["paper"] for r in recs])
     exact = np.array([r["tflops"]["exact"] for r in recs])
     stats = [r["stats"] for r in recs]
     per_layer = {k: np.mean([s[k] for s in stats], axis=0).tolist()
                  for k in ("visual_attention_tokens", "visual_mlp_tokens", "visual_kv_tokens") if k in stats[0]}
-    return {"samples": len(recs), "tflops_paper": {"mean": float(paper.mean()), "min": float(paper.min()),
+    return {"samples": len(recs), "infeasible": infeasible, "tflops_paper": {"mean": float(paper.mean()), "min": float(paper.min()),
                                                    "max": float(paper.max())},
             "tflops_exact_mean": float(exact.mean()),
             "probe_tflops_mean": float(np.mean([s.get("probe_tflops", 0.0) for s in stats])),
@@ -111,7 +122,7 @@ class _Worker:
         return self._tm
 
     def model(self, cell: Cell):
-        key = (cell.model, cell.dtype, cell.attn, cell.device)
+        key = cell.loaded
         if key not in self.models:
             import repro
 
@@ -119,7 +130,8 @@ class _Worker:
             from repro.eval.parallel import process_device
 
             self.models[key] = repro.load(cell.model, dtype=cell.dtype, device=process_device(cell.device),
-                                          attn_implementation=cell.attn)
+                                          attn_implementation=cell.attn, revision=cell.revision,
+                                          **cell.model_options)
         return self.models[key]
 
     def lm(self, cell: Cell):
@@ -134,7 +146,10 @@ class _Worker:
 
     @staticmethod
     def model_args(cell: Cell, options: dict) -> dict:
-        args = {"model": cell.model, "dtype": cell.dtype, "attn": cell.attn, "device": cell.device}
+        args = {"model": cell.model, "dtype": cell.dtype, "attn": cell.attn, "device": cell.device,
+                "revision": cell.revision}
+        if cell.model_options:
+            args["model_options"] = cell.model_options
         if cell.method != UNPRUNED:
             args.update(method=cell.method, options=options)
             if cell.budget:
@@ -163,6 +178,8 @@ class _Worker:
                   "metrics": {"benchmark": h.benchmark, "metric": h.metric, "raw": raw, "score": score},
                   "budget_stats": budget_stats(samples), "lmms_eval": summary, "seconds": round(seconds, 2),
                   "processes": parallel.world_size()}
+        if cell.subset:
+            record["subset"] = {**cell.subset, "rows": self.source.subset_rows(cell.task)}
         self.store.write(cell.key, record, samples)
         return record
 
@@ -214,7 +231,9 @@ def run_cells(cells: list[Cell], store_root: str, source: DataSource, commit: st
                 stats = rec["budget_stats"]
                 bar.write(f"done {cell.describe()}: {rec['metrics']['benchmark']} {rec['metrics']['score']:.2f}, "
                           f"{stats.get('tflops_paper', {}).get('mean', float('nan')):.4g} TFLOPs, "
-                          f"{stats.get('samples', 0)} samples, {rec['seconds']:.1f} s [{cell.key}]")
+                          f"{stats.get('samples', 0)} samples"
+                          + (f" ({stats['infeasible']} infeasible)" if stats.get("infeasible") else "")
+                          + f", {rec['seconds']:.1f} s [{cell.key}]")
             bar.update(1)
             return True
 
@@ -230,6 +249,9 @@ class SlurmOptions:
     """submitit parameters. `cluster=None` lets submitit pick SLURM; tests use `cluster="local"`."""
 
     partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
     gpus_per_job: int = 1
     cpus_per_job: int = 8
     mem_gb: int = 64
@@ -260,18 +282,47 @@ def run_slurm(cells: list[Cell], store_root: str, source: DataSource, commit: st
                               "cpus_per_task": options.cpus_per_job, "name": "repro-sweep"}
     if options.cluster in (None, "slurm"):
         params["mem_gb"] = options.mem_gb
-        if options.partition:
-            params["slurm_partition"] = options.partition
+        for name in ("partition", "account", "qos", "constraint"):
+            if getattr(options, name):
+                params[f"slurm_{name}"] = getattr(options, name)
     executor.update_parameters(**params)
     groups = jobs_of(cells, options.rows_per_job)
     with executor.batch():
         jobs = [executor.submit(run_cells, group, store_root, source, commit, False, threads) for group in groups]
     print(f"submitted {len(jobs)} job(s) ({len(cells)} cells); logs under {folder.parent}", flush=True)
-    merged = Outcome()
-    for job in jobs:
-        out = job.result()  # raises with the job's traceback when a job failed
+    return _collect(jobs, folder.parent)
+
+
+def _error_line(err: Exception) -> str:
+    """The job's own exception line (`RuntimeError: ...`) out of submitit's report, which wraps the
+    remote traceback and the log paths."""
+    import re
+
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    raised = [line for line in lines if re.match(r"^[\w.]*(Error|Exception|Interrupt)\b.*", line)]
+    return (raised or lines or [type(err).__name__])[-1]
+
+
+def _collect(jobs: list, logs: Path) -> Outcome:
+    """Wait for the jobs in the order they finish, print each as it ends, carry on past a failed
+    one, and fail at the end with a summary of every failed job (its cells stay pending)."""
+    from submitit.helpers import as_completed
+
+    merged, failed = Outcome(), []
+    for done, job in enumerate(as_completed(jobs), start=1):
+        try:
+            out = job.result()
+        except Exception as err:  # noqa: BLE001 - a job's own failure, reported below with its log
+            last = _error_line(err)
+            failed.append(f"job {job.job_id}: {last[:300]} (log: {logs / str(job.job_id)})")
+            print(f"[{done}/{len(jobs)}] job {job.job_id} FAILED: {last[:300]}", flush=True)
+            continue
         merged.computed += out.computed
         merged.skipped += out.skipped
         merged.recomputed += out.recomputed
-        print(f"job {job.job_id}: {len(out.computed)} computed, {len(out.skipped)} already done", flush=True)
+        print(f"[{done}/{len(jobs)}] job {job.job_id}: {len(out.computed)} computed, {len(out.skipped)} already done",
+              flush=True)
+    if failed:
+        raise ReproError(f"{len(failed)} of {len(jobs)} job(s) failed; the others' cells are stored, and rerunning "
+                         "the same command computes only what is missing:\n  " + "\n  ".join(failed))
     return merged

@@ -17,6 +17,10 @@ TASK_SIZES = {"textvqa_val": 5000, "vqav2_val": 214354, "gqa": 12578, "vizwiz_vq
               "mmbench_cn_dev": 4329, "ai2d": 3088, "chartqa": 2500, "ocrbench": 1000}
 SECONDS_PER_SAMPLE = {"llava-1.5-7b": 0.12, "llava-1.5-13b": 0.2, "llava-next-7b": 0.3, "llava-next-13b": 0.5,
                       "qwen2.5-vl-7b": 0.3, "internvl3-8b": 0.4}
+THROUGHPUT_NOTE = ("assumed throughput: batch size 1, bf16, one H100-class GPU, short answers, "
+                   "0.12-0.5 s a sample by model (runner/plan.py SECONDS_PER_SAMPLE); pruned cells are counted at "
+                   "the unpruned speed, so this is an upper bound")
+REDUCED_DOCS = 500  # the reduced run the plan prices when the spec sets no `subset`
 
 
 @dataclass
@@ -28,14 +32,23 @@ class Plan:
     samples: int
     gpu_hours: float | None
     missing: list[tuple[str, str]] = field(default_factory=list)  # (what is missing, command that stages it)
+    methods: dict[str, list[str]] = field(default_factory=dict)  # method label -> "model: budgets" entries
+    model_options: dict[str, dict] = field(default_factory=dict)
+    reduced: tuple[int, float] | None = None  # (documents per task, GPU hours) of the reduced run
 
     def lines(self) -> list[str]:
         out = [f"plan: {self.cells} cells = {self.rows} rows (model x method x budget x seed) x {len(self.tasks)} tasks",
-               f"  models: {', '.join(self.models)}", f"  tasks: {', '.join(self.tasks)}",
-               f"  samples to evaluate: {self.samples}"]
+               f"  models: {', '.join(self.models)}", f"  tasks: {', '.join(self.tasks)}"]
+        out += [f"  model options: {m}: {', '.join(f'{k}={v}' for k, v in o.items())}"
+                for m, o in self.model_options.items()]
+        out += [f"  method {label}: {'; '.join(budgets)}" for label, budgets in self.methods.items()]
+        out.append(f"  samples to evaluate: {self.samples}")
         if self.gpu_hours is not None:
-            out.append(f"  estimate: {self.gpu_hours:.0f} GPU hours on H100-class GPUs (upper bound: pruned cells "
-                       "are counted at the unpruned speed)")
+            out.append(f"  estimate: {self.gpu_hours:.0f} GPU hours for the full splits")
+            if self.reduced:
+                out.append(f"  estimate: {self.reduced[1]:.0f} GPU hours for the reduced run (`subset: "
+                           f"{self.reduced[0]}` documents per task)")
+            out.append(f"  ({THROUGHPUT_NOTE})")
         if self.missing:
             out.append(f"missing inputs ({len(self.missing)}):")
             out += [f"  - {what}\n      stage with: {cmd}" for what, cmd in self.missing]
@@ -48,7 +61,7 @@ def missing_inputs(spec: Spec, staged: Path | None) -> list[tuple[str, str]]:
     """Paper weights absent from the local HF cache and paper tasks without staged data."""
     if spec.profile == "tiny":
         return []
-    from repro.eval.tasks import GQA_IMAGES, download_hint, paper_task, staged_source
+    from repro.eval.tasks import GQA_IMAGES, download_hint, gqa_images_hint, paper_task, staged_source
     from repro.models.registry import entries, local_weights
 
     missing = []
@@ -66,10 +79,7 @@ def missing_inputs(spec: Spec, staged: Path | None) -> list[tuple[str, str]]:
             try:
                 staged_source(root, t, folder)
             except ReproError:
-                hint = download_hint(t, root)
-                if folder == GQA_IMAGES:
-                    hint = (f"`hf download lmms-lab/GQA --repo-type dataset --include \"testdev_balanced_images/*\" "
-                            f"--local-dir {root / GQA_IMAGES}`")
+                hint = gqa_images_hint(root) if folder == GQA_IMAGES else download_hint(t, root)
                 missing.append((f"dataset {folder} in {root / folder}", hint.strip("`").split("` on a")[0]))
     return missing
 
@@ -81,12 +91,33 @@ def make_plan(spec: Spec, staged: Path | None = None) -> Plan:
                 for t in spec.tasks}
     if spec.profile == "tiny":
         per_task = {t: spec.limit or 300 for t in spec.tasks}  # tiny-world test splits hold 300 rows
+    docs = spec.subset["docs"] if spec.subset else REDUCED_DOCS
+    reduced_per_task = {t: min(n, docs) for t, n in per_task.items()}
+    if spec.subset:
+        per_task = reduced_per_task
     samples = sum(per_task[c.task] for c in cells)
-    gpu = None
+    gpu = reduced = None
     if spec.profile == "paper":
-        gpu = sum(per_task[c.task] * SECONDS_PER_SAMPLE.get(c.model, 0.3) for c in cells) / 3600
+        def hours(sizes: dict) -> float:
+            return sum(sizes[c.task] * SECONDS_PER_SAMPLE.get(c.model, 0.3) for c in cells) / 3600
+
+        full = {t: (min(spec.limit, TASK_SIZES.get(t, spec.limit)) if spec.limit else TASK_SIZES.get(t, 0))
+                for t in spec.tasks}
+        gpu, reduced = hours(full), (docs, hours(reduced_per_task))
     return Plan(len(cells), list(spec.models), list(spec.tasks), rows, samples, gpu,
-                missing_inputs(spec, staged))
+                missing_inputs(spec, staged), _method_budgets(spec), dict(spec.model_options), reduced)
+
+
+def _method_budgets(spec: Spec) -> dict[str, list[str]]:
+    """method label -> its budgets, one entry per group of models sharing them."""
+    out = {}
+    for entry in spec.methods:
+        by_budgets: dict[tuple, list[str]] = {}
+        for model in spec.models:
+            shown = tuple(f"{b} ({label})" if label else (b or "all tokens") for b, label in entry.labelled_budgets(model))
+            by_budgets.setdefault(shown, []).append(model)
+        out[entry.display] = [f"{', '.join(models)}: {', '.join(budgets)}" for budgets, models in by_budgets.items()]
+    return out
 
 
 def require_inputs(spec: Spec, staged: Path | None) -> None:

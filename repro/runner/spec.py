@@ -9,7 +9,11 @@ Spec keys: `profile` (tiny|paper), `table`, `models`, `tasks` (task names or the
 all), `seeds`, `dtype`, `attn`, `device`, `budgets` (default budgets of every method: a list, or a mapping model -> list with an
 optional `default` entry, for native token budgets that differ per model), `methods`
 (list of {name, options, budgets, search}; `none` is the unpruned model), `revision` (hub revision of
-registry models, default main), `staged` (paper data folder), `threads` (torch CPU threads of the
+registry models, default main; passed to `from_pretrained`), `model_options` (a mapping model -> image-side
+options of `repro.load`: LLaVA-NeXT `protocol`, Qwen2.5-VL `min_pixels`/`max_pixels`, InternVL3
+`min_tiles`/`max_tiles`; they enter the cell key), `subset` (paper profile, the reduced run: about N
+documents per task, a fixed seeded draw that keeps MME pairs, MMBench circular groups and POPE's
+splits whole; `subset: N` or `{docs: N, seed: S}`; repro.eval.subset), `staged` (paper data folder), `threads` (torch CPU threads of the
 worker; speed only, never part of a key: on a shared 2-core machine 1 thread is ~8x faster than 2).
 """
 
@@ -27,7 +31,7 @@ FORMAT = "repro-cell/1"
 UNPRUNED = "none"
 PROFILES = ("tiny", "paper")
 SPEC_KEYS = {"profile", "table", "description", "models", "tasks", "split", "limit", "seeds", "dtype", "attn",
-             "device", "budgets", "methods", "revision", "staged", "figures", "threads"}
+             "device", "budgets", "methods", "revision", "model_options", "subset", "staged", "figures", "threads"}
 METHOD_KEYS = {"name", "options", "budgets", "search", "label"}
 
 
@@ -45,7 +49,12 @@ class MethodEntry:
     model_budgets: dict = field(default_factory=dict)  # model -> budgets, where they differ per model
 
     def budgets_for(self, model: str) -> tuple[str | None, ...]:
-        return self.model_budgets.get(model, self.budgets)
+        """This model's budgets, `flops-of-tokens:N` resolved to the equal `ratio:R`."""
+        return tuple(resolve_budget(b, model)[0] for b in self.model_budgets.get(model, self.budgets))
+
+    def labelled_budgets(self, model: str) -> list[tuple[str | None, str]]:
+        """(budget, how the spec wrote it when that differs, else "") for this model."""
+        return [resolve_budget(b, model) for b in self.model_budgets.get(model, self.budgets)]
 
     @property
     def display(self) -> str:
@@ -69,6 +78,8 @@ class Spec:
     staged: str | None = None
     figures: tuple[str, ...] = ()
     threads: int | None = None
+    model_options: dict = field(default_factory=dict)  # model -> options of repro.load
+    subset: dict | None = None  # paper profile: {"docs": N, "seed": S}, the reduced run
 
 
 @dataclass(frozen=True)
@@ -90,10 +101,22 @@ class Cell:
     search: dict | None = None
     device: str = "cpu"
     label: str = ""
+    model_options: dict = field(default_factory=dict)  # image-side options of repro.load
+    revision: str = "main"  # hub revision; already part of model_revision
+    budget_label: str = ""  # how the spec wrote the budget, e.g. flops-of-tokens:64 for ratio:0.2371
+    subset: dict | None = None  # the reduced run's {"docs", "seed"}; None: every document
+
+    @property
+    def budget_shown(self) -> str:
+        """The budget as tables show it: `ratio:0.2371 (flops-of-tokens:64)`."""
+        return f"{self.budget} ({self.budget_label})" if self.budget_label else (self.budget or "-")
 
     def config(self) -> dict:
         d = asdict(self)
-        d.pop("device"), d.pop("label")
+        d.pop("device"), d.pop("label"), d.pop("revision"), d.pop("budget_label")
+        for optional in ("model_options", "subset"):
+            if not d[optional]:
+                d.pop(optional)  # cells without them keep the keys they had before they existed
         return d
 
     @property
@@ -103,8 +126,13 @@ class Cell:
     @property
     def group(self) -> tuple:
         """Cells sharing a loaded model and method instance (all tasks of one row)."""
-        return (self.model, self.dtype, self.attn, self.device, self.method, canonical_json(self.options),
-                self.budget, self.seed, canonical_json(self.search))
+        return (*self.loaded, self.method, canonical_json(self.options), self.budget, self.seed,
+                canonical_json(self.search))
+
+    @property
+    def loaded(self) -> tuple:
+        """What identifies the loaded model a cell runs on."""
+        return (self.model, self.revision, canonical_json(self.model_options), self.dtype, self.attn, self.device)
 
     def describe(self) -> str:
         budget = f"@{self.budget}" if self.budget else ""
@@ -175,9 +203,47 @@ def load_spec(path: Path | str, *, models: list[str] | None = None, limit: int |
                 attn=str(raw.get("attn", "sdpa")), device=str(raw.get("device", "cpu")),
                 revision=str(raw.get("revision", "main")), staged=raw.get("staged"),
                 figures=tuple(_as_list(raw.get("figures"), "figures", p)),
-                threads=int(raw["threads"]) if raw.get("threads") else None)
+                threads=int(raw["threads"]) if raw.get("threads") else None,
+                model_options=_model_options(raw.get("model_options"), spec_models, p),
+                subset=_subset(raw.get("subset"), profile, p))
     check_spec(spec)
     return spec
+
+
+def _subset(value: Any, profile: str, path: str) -> dict | None:
+    """`subset: N` or `{docs: N, seed: S}` -> {"docs": N, "seed": S} (seed 0 by default)."""
+    if value is None:
+        return None
+    raw = value if isinstance(value, dict) else {"docs": value}
+    docs, seed = raw.get("docs"), raw.get("seed", 0)
+    ok = set(raw) <= {"docs", "seed"} and all(isinstance(x, int) and not isinstance(x, bool) for x in (docs, seed))
+    if not ok or docs < 1 or seed < 0:
+        raise ReproError(f"{path}: `subset` is a document count per task (e.g. `subset: 500`) or "
+                         f"`{{docs: 500, seed: 0}}`, got {value!r}")
+    if profile != "paper":
+        raise ReproError(f"{path}: `subset` is the paper profile's reduced run; the tiny profile uses `limit`")
+    return {"docs": docs, "seed": seed}
+
+
+def _model_options(value: Any, models: list[str], path: str) -> dict:
+    """model -> options of repro.load, checked against each model's family before anything loads."""
+    from repro.models.loading import option_names
+
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise ReproError(f"{path}: `model_options` maps a model to its options, e.g. "
+                         "`model_options: {llava-next-7b: {protocol: fixed}}`")
+    out = {}
+    for model, options in value.items():
+        accepted = option_names(str(model))
+        unknown = sorted(set(options) - set(accepted)) if accepted is not None else []
+        if unknown:
+            raise ReproError(f"{path}: model_options of {model}: unknown option(s) {', '.join(unknown)}; "
+                             f"accepted: {', '.join(accepted) or 'none'}")
+        if str(model) in models:
+            out[str(model)] = dict(options)
+    return out
 
 
 def _method_entry(m: Any, default_budgets: tuple, path: str) -> MethodEntry:
@@ -198,6 +264,26 @@ def _method_entry(m: Any, default_budgets: tuple, path: str) -> MethodEntry:
         return MethodEntry(name, {}, (None,), None, m.get("label"))
     return MethodEntry(name, dict(options), budgets["default"], m.get("search"), m.get("label"),
                        {k: v for k, v in budgets.items() if k != "default"})
+
+
+EQUAL_FLOPS = "flops-of-tokens"
+
+
+def resolve_budget(text: str | None, model: str) -> tuple[str | None, str]:
+    """`flops-of-tokens:N` -> (`ratio:R`, "flops-of-tokens:N"): the FLOPs of N visual tokens kept
+    in every layer on the model's nominal prompt (paper_tables/flops.md), so that methods of every
+    kind run at the compute of a token budget. Other budgets come back unchanged with no label."""
+    if text is None or not str(text).startswith(EQUAL_FLOPS + ":"):
+        return text, ""
+    from repro.flops_table import equal_flops_ratio
+    from repro.models.registry import entries
+
+    raw = str(text).partition(":")[2]
+    entry = next((e for e in entries() if e.name == model), None)
+    if entry is None or not raw.isdigit():
+        raise ReproError(f"budget {text!r} for {model}: {EQUAL_FLOPS}:N needs an integer N and a registry model "
+                         "(`python -m repro models`); use ratio:R or tokens:N otherwise")
+    return f"ratio:{equal_flops_ratio(entry, int(raw)):.4f}", str(text)
 
 
 def _budgets(value: Any, path: str) -> dict[str, tuple]:
@@ -314,14 +400,17 @@ def expand(spec: Spec) -> list[Cell]:
     for model in spec.models:
         rev = model_revision(model, spec.revision)
         for entry in spec.methods:
-            for budget in entry.budgets_for(model):
+            for budget, budget_label in entry.labelled_budgets(model):
                 for seed in spec.seeds:
                     for task in spec.tasks:
                         cells.append(Cell(model=model, model_revision=rev, method=entry.name,
                                           options=_seeded(entry, seed), budget=budget, task=task,
                                           task_version=versions[task], seed=seed, limit=spec.limit,
                                           dtype=spec.dtype, attn=spec.attn, harness=harness, search=entry.search,
-                                          device=spec.device, label=entry.display))
+                                          device=spec.device, label=entry.display,
+                                          model_options=spec.model_options.get(model, {}),
+                                          revision=spec.revision, budget_label=budget_label,
+                                          subset=spec.subset))
     return cells
 
 

@@ -58,7 +58,8 @@ def run_sweep(spec: Spec, store_root: Path | str, *, executor: str = "local", sl
     say = print if main else (lambda *a, **k: None)  # rank 0 reports
     say(f"sweep {spec.path}: {len(cells)} cells, {len(cells) - len(pending)} finished, {len(pending)} to compute "
           f"(store {store.root})", flush=True)
-    source = DataSource(spec.profile, str(data_dir) if data_dir else None, str(staged) if staged else None)
+    source = DataSource(spec.profile, str(data_dir) if data_dir else None, str(staged) if staged else None,
+                        (spec.subset["docs"], spec.subset["seed"]) if spec.subset else None)
     if not pending:
         outcome = Outcome(skipped=[c.key for c in cells])
     elif executor == "slurm":
