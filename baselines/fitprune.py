@@ -14,7 +14,7 @@ from torch import Tensor
 from repro import flops
 from repro.budget import Budget
 from repro.engine import LayerOps, Sequence
-from repro.errors import ReproError
+from repro.errors import InfeasibleBudget
 from repro.methods.base import Method, top_indices
 from repro.methods.registry import register
 
@@ -114,7 +114,7 @@ class FitPrune(Method):
         limit = self.budget.max_flops(cost(0))
         fits = [r for r in sorted(RECIPES) if cost(r) <= limit]
         if not fits:
-            raise ReproError(f"infeasible budget {self.budget} for FitPrune: even the 90% table exceeds it")
+            raise InfeasibleBudget(f"infeasible budget {self.budget} for FitPrune: even the 90% table exceeds it")
         return min(fits)  # the mildest table that fits: the most compute the budget allows
 
 

@@ -14,7 +14,7 @@ from torch import Tensor
 from repro import flops
 from repro.budget import Budget, solve_knob
 from repro.engine import LayerOps, Sequence
-from repro.errors import ReproError
+from repro.errors import InfeasibleBudget
 from repro.methods.base import Method, stage_layers, top_indices
 from repro.methods.registry import register
 
@@ -75,7 +75,7 @@ class PDrop(Method):
                 return sum(per_layer(i)) / n_layers
             limit = float(self.budget.value)
             if cost(0) > limit:
-                raise ReproError(f"infeasible budget {self.budget} for PDrop: the layers before its first "
+                raise InfeasibleBudget(f"infeasible budget {self.budget} for PDrop: the layers before its first "
                                  f"boundary alone average {cost(0):.1f} visual tokens; use earlier layers")
         else:
             def cost(i: int) -> float:

@@ -245,3 +245,14 @@ def test_decode_positions_follow_the_cards_position_rule(tiny_models, name, renu
     out = model.engine.prefill(seq, method.planner(model, seq))
     expected = [r.keys for r in out.records] if renumbered else [seq.n_tokens] * model.card.layers
     assert [int(p) for p in out.cache.next_position] == expected
+
+
+@pytest.mark.parametrize("name, budget", [("pdrop", "tokens:1"), ("fitprune", "ratio:0.05"), ("dart", "ratio:0.3"),
+                                          ("sparsevlm", "ratio:0.05")])
+def test_infeasible_budgets_are_infeasible_budget_errors(tiny_models, name, budget):
+    """The runner records InfeasibleBudget samples as infeasible instead of failing the sweep."""
+    from repro.errors import InfeasibleBudget
+
+    model = tiny_models["tiny-llava-1.5"]["sdpa"]
+    with pytest.raises(InfeasibleBudget, match="infeasible"):
+        model.generate(make_image(0), "What?", method=repro.method(name, budget), max_new_tokens=1)
