@@ -247,8 +247,10 @@ def _run_generate(args: argparse.Namespace) -> int:
 
 def _add_search_options(parser: argparse.ArgumentParser) -> None:
     """The options of a DOP search (values are checked by SearchOptions.check, which needs torch)."""
-    parser.add_argument("--reducer", default="vispruner", help="a registered pre-LLM method (default vispruner)")
-    parser.add_argument("--calibration", default="tinyworld", help="tinyworld or tinyworld:KEY,KEY (validation splits)")
+    parser.add_argument("--reducer", default=None, help="a registered pre-LLM method (default: DOP's, vispruner)")
+    parser.add_argument("--calibration", default="tinyworld",
+                        help="tinyworld, tinyworld:KEY,KEY (validation splits), lmms:TASK or lmms:TASK:SPLIT")
+    parser.add_argument("--staged", default=None, help="staged paper data (for lmms:TASK of a paper task)")
     parser.add_argument("--budgets", default="ratio:0.14,ratio:0.23", help="comma-separated ratio:R / tflops:X")
     parser.add_argument("--mha-semantics", default="drop", help="drop (default) or query_skip")
     parser.add_argument("--kl-direction", default="forward", help="forward (default) or reverse")
@@ -256,21 +258,25 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--interpolation", default="linear", help="linear (default) or pchip (monotone cubic)")
     parser.add_argument("--groups", default="single",
                         help="single (default: one visual group) or reducer (D_A, D_P per reducer token group)")
-    parser.add_argument("--depth-step", type=int, default=4, help="layers between sampled depths (ends included)")
+    parser.add_argument("--depth-step", type=int, default=None,
+                        help="layers between sampled depths, ends included (default L/8, at least 1; recorded)")
     parser.add_argument("--visual-points", type=int, default=8, help="sampled visual-token counts")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default 1, as the shipped sweeps: on a shared 2-core machine 1 "
+                             "thread is many times faster; 0: torch's default)")
 
 
 def _search_options(args: argparse.Namespace):
-    import repro
-    from repro.methods.dop.search import SearchOptions
+    from repro.methods.dop import DOP
 
-    options = SearchOptions(reducer=args.reducer, mha_semantics=args.mha_semantics, kl_direction=args.kl_direction,
-                            kl_tokens=args.kl_tokens, interpolation=args.interpolation, groups=args.groups,
-                            depth_step=args.depth_step, visual_points=args.visual_points)
-    options.check()
-    repro.method(args.reducer, "tokens:1")  # an unknown reducer fails before any compute
-    options.group_names()  # groups=reducer with a reducer that has none fails before any compute
-    return options
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    fit = {"mha_semantics": args.mha_semantics, "kl_direction": args.kl_direction, "kl_tokens": args.kl_tokens,
+           "interpolation": args.interpolation, "groups": args.groups, "depth_step": args.depth_step,
+           "visual_points": args.visual_points}
+    return DOP.fit_config({"reducer": args.reducer} if args.reducer else {}, fit)  # fails before any compute
 
 
 def _budget_list(text: str) -> list[str]:
@@ -287,18 +293,23 @@ def _configure_search(parser: argparse.ArgumentParser) -> None:
 
 def _run_search(args: argparse.Namespace) -> int:
     import repro
-    from repro.calibration import calibration_samples
+    from repro.calibration import calibration_set
     from repro.methods.dop.search import save_artifact, search
 
     options = _search_options(args)
+    cal = calibration_set(args.calibration, args.samples, staged=args.staged)
     model = repro.load(args.model)
-    samples = calibration_samples(args.calibration, args.samples)
-    artifact = search(model, samples, _budget_list(args.budgets), options, source=args.calibration)
+    artifact = search(model, cal.samples, _budget_list(args.budgets), options, source=args.calibration,
+                      excluded=cal.excluded)
     path = save_artifact(artifact, args.out)
-    print(f"wrote {path}: {artifact['forward_passes']} forward passes in {artifact['seconds']:.1f} s")
-    for chosen in artifact["budgets"]:
-        print(f"  {chosen['budget']}: policy {chosen['policy']}, predicted KL {chosen['predicted_divergence']:.4g}, "
-              f"{chosen['tflops']:.4g} TFLOPs ({chosen['ratio']:.1%} of unpruned)")
+    print(f"wrote {path}: {artifact.forward_passes} forward passes in {artifact.seconds:.1f} s "
+          f"(depth step {artifact.options.depth_step})")
+    for chosen in artifact.budgets:
+        print(f"  {chosen.budget}: policy {chosen.policy.as_dict()}, predicted KL {chosen.predicted_divergence:.4g}, "
+              f"{chosen.tflops:.4g} TFLOPs ({chosen.ratio:.1%} of unpruned)")
+    if cal.excluded:
+        print(f"  calibrated on {len(cal.excluded)} documents of the evaluated split: evaluate with a limit that "
+              f"stops before them ({cal.excluded[0]} ...)")
     return 0
 
 
@@ -325,7 +336,8 @@ def _configure_analyze(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sample-counts", default="25,50,100", help="dop-samples: calibration sizes searched")
     parser.add_argument("--samples", type=_non_negative_int, default=25, help="dop-transfer: calibration samples")
     parser.add_argument("--heldout", type=_non_negative_int, default=25,
-                        help="dop-samples, dop-transfer: held-out samples (after the calibration ones) for the true KL")
+                        help="dop-proxy: held-out samples for a held-out rho too (0: none); dop-samples, dop-transfer: "
+                             "held-out samples (after the calibration ones) for the true KL")
     parser.add_argument("--out", default="results/dop", help="output folder for CSV + PNG (default results/dop)")
     _add_search_options(parser)
 
@@ -346,20 +358,35 @@ def _run_artifact_analysis(args: argparse.Namespace) -> list:
     if not args.artifact:
         raise ReproError(f"{args.analysis} needs --artifact (from `python -m repro search dop ...`)")
     artifact = load_artifact(args.artifact)
-    name = f"{args.analysis}-{artifact['model']}"
+    name = f"{args.analysis}-{artifact.model}"
     if args.analysis == "dop-curves":
         return analyses.write_curves(artifact, args.out, name)
     import repro
     from repro.calibration import calibration_samples
 
-    cal = artifact["calibration"]
-    samples = calibration_samples(cal["source"], len(cal["samples"]))
-    if [s.id for s in samples] != cal["samples"]:
-        raise ReproError("the artifact's calibration samples cannot be rebuilt from its source; rerun the search")
-    result = analyses.proxy_vs_truth(repro.load(args.model or artifact["model"]), artifact, samples,
-                                     args.policies, args.seed)
-    print(f"Spearman rho = {result['spearman_rho']:.3f}, p = {result['p_value']:.2e} over {args.policies} policies")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    cal = artifact.calibration
+    pool = calibration_samples(cal.source, len(cal.samples) + args.heldout, staged=args.staged)
+    samples, heldout = _split_pool(pool, cal)
+    result = analyses.proxy_vs_truth(repro.load(args.model or artifact.model), artifact, samples,
+                                     args.policies, args.seed, heldout=heldout, progress=True)
+    print(f"Spearman rho = {result['spearman_rho']:.3f}, p = {result['p_value']:.2e} over {args.policies} policies "
+          f"on the {len(samples)} calibration samples")
+    if heldout:
+        print(f"held-out rho = {result['heldout_rho']:.3f}, p = {result['heldout_p']:.2e} on {len(heldout)} samples "
+              "the search never saw")
     return analyses.write_proxy_analysis(result, args.out, name)
+
+
+def _split_pool(pool: list, cal) -> tuple[list, list]:
+    """The artifact's calibration samples (rebuilt from its source) and the held-out others."""
+    by_id = {s.id: s for s in pool}
+    if any(i not in by_id for i in cal.samples):
+        raise ReproError("the artifact's calibration samples cannot be rebuilt from its source; rerun the search")
+    return [by_id[i] for i in cal.samples], [s for s in pool if s.id not in set(cal.samples)]
 
 
 def _run_search_study(args: argparse.Namespace) -> list:
@@ -379,7 +406,7 @@ def _run_search_study(args: argparse.Namespace) -> list:
     budgets = _budget_list(args.budgets)
     model = repro.load(args.model)
     if args.analysis == "dop-samples":
-        samples = calibration_samples(args.calibration, max(counts) + args.heldout)
+        samples = calibration_samples(args.calibration, max(counts) + args.heldout, staged=args.staged)
         rows = studies.samples_study(model, samples, counts, args.heldout, budgets, options, source=args.calibration,
                                      progress=True)
         for row in rows:
@@ -388,7 +415,7 @@ def _run_search_study(args: argparse.Namespace) -> list:
                   f"({row['reducer_alone_n_visual']} tokens) {row['reducer_alone_kl']:.4g}")
         return studies.write_samples_study(rows, args.out, f"dop-samples-{model.name}")
     target = repro.load(args.target_model)
-    samples = calibration_samples(args.calibration, args.samples + args.heldout)
+    samples = calibration_samples(args.calibration, args.samples + args.heldout, staged=args.staged)
     rows = studies.transfer_study(model, target, samples, args.samples, args.heldout, budgets, options,
                                   source=args.calibration, progress=True)
     for row in rows:

@@ -10,6 +10,8 @@ Fields (all optional except `count`):
   tokens(shape)    -> the T the count check runs (default: half the visual tokens)
   full             -> "visual" or "patches": the full budget is tokens:<that many> (default "visual")
   options          -> constructor options added to every build
+  full_options     -> extra options for the full-budget check only (e.g. a packing that is the
+                      model's own sequence)
   build(budget, shape) -> the Method, when a budget alone cannot build it (DOP)
   ratios           -> ratio:R budgets to check: realized paper FLOPs in [floor·R, R]
   ratio_floor      -> the lower bound's factor (default 0.98); coarser knobs document theirs
@@ -46,6 +48,7 @@ class MethodSettings:
     tokens: Callable[[Shape], int] = lambda s: s.n_visual // 2
     full: str = "visual"
     options: dict = field(default_factory=dict)
+    full_options: dict = field(default_factory=dict)
     build: Callable[[str, Shape], object] | None = None
     ratios: tuple[float, ...] = (0.8,)
     ratio_floor: float = 0.98
@@ -54,10 +57,10 @@ class MethodSettings:
     not_applicable: dict[str, str] = field(default_factory=dict)
     xfail: dict[str, str] = field(default_factory=dict)
 
-    def make(self, name: str, budget: str | None, shape: Shape):
+    def make(self, name: str, budget: str | None, shape: Shape, **extra):
         if self.build is not None:
             return self.build(budget, shape)
-        return repro.method(name, budget, **self.options)
+        return repro.method(name, budget, **{**self.options, **extra})
 
 
 def every_layer(count: Callable[[Shape, int], int]) -> Callable[[Shape, int], list[int]]:
@@ -113,8 +116,8 @@ SETTINGS: dict[str, MethodSettings] = {
         count=lambda s, t: [s.n_visual] * 2 + [t] * (s.n_layers - 2),
         ratios=(0.85,), infeasible="ratio:0.3",  # layers 0-1 alone cost more than 0.3
         not_applicable={"inverse": IN_TINYWORLD_TESTS}),
-    "vispruner": MethodSettings(
-        count=every_layer(lambda s, t: t + s.n_visual - s.n_patches), full="patches",
+    "vispruner": MethodSettings(  # official NeXT packing: every crop patch, no newline tokens
+        count=every_layer(lambda s, t: t), full="patches", full_options={"full_crops": False},
         tokens=lambda s: s.n_patches // 2, ratios=(0.6, 0.8),
         not_applicable={"inverse": IN_TINYWORLD_TESTS + " (a strict xfail: [CLS] attention is untrained there)"}),
     "uniform": MethodSettings(

@@ -1,8 +1,4 @@
-"""FastV (in-LLM) and VisPruner (pre-LLM): hand-built cases with known answers and bad input.
-
-The registry-wide contract (full budget, counts, ratios, FLOPs, instance scope, determinism) is in
-test_method_contract.py.
-"""
+"""FastV (in-LLM) and VisPruner (pre-LLM) on the Method interface, on all four tiny families."""
 
 from __future__ import annotations
 
@@ -10,16 +6,18 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 import repro
 from baselines.fastv import FastVPlanner
 from baselines.vispruner import vispruner_select
+from repro import flops
 from repro.engine import Sequence
 from repro.errors import ReproError
 from repro.methods.base import split_budget, top_indices
 from repro.models.adapter import LAYOUT, PATCH, VisualTokens
 
-from conftest import make_image
+from conftest import TINY, make_image
 
 QUESTION = "What colour is the small square?"
 IMAGE = (300, 200)  # large enough that every tiny family has a real visual budget to play with
@@ -32,6 +30,21 @@ def run(model, method=None, image=None, tokens=4):
 def n_patches(model):
     visual = model.encode(model.prepare(make_image(7, IMAGE), QUESTION))
     return visual.patches.numel(), len(visual)
+
+
+# ------------------------------------------------------------------------------ exactness
+
+@pytest.mark.parametrize("name", TINY)
+def test_full_budget_reproduces_the_unpruned_model(tiny_models, name):
+    model = tiny_models[name]["sdpa"]
+    plain = run(model, tokens=8)
+    patches, visual = n_patches(model)
+    # on LLaVA-NeXT the official VisPruner packing (all crop patches, no newlines) is not the
+    # model's own sequence; the unpadded variant at full budget is
+    for method in (repro.method("fastv", f"tokens:{visual}"), repro.method("vispruner", f"tokens:{patches}", full_crops=False)):
+        result = run(model, method, tokens=8)
+        assert (result.first_token_logprobs - plain.first_token_logprobs).abs().max() < 1e-5, method.name
+        assert result.text == plain.text and result.tokens == plain.tokens, method.name
 
 
 # ------------------------------------------------------------------------------ hand-built cases
@@ -111,11 +124,40 @@ def test_vispruner_is_per_crop_on_llava_next():
     cls = torch.tensor([0.9, 0.8, 0.1, 0.0, 0.05, 0.04, 0.03, 0.02, 0.0])
     signals = SimpleNamespace(cls_attention=lambda layer=None: cls, pre_projector=lambda: torch.eye(9))
     visual = VisualTokens(torch.zeros(9, 4), meta, signals)
-    method = repro.method("vispruner", "tokens:4", important_ratio=1.0)
-    kept = method.reduce(SimpleNamespace(family="llava-next"), None, visual).meta["index"]
+    cls = cls[:, None]  # one head
+    signals = SimpleNamespace(cls_attention=lambda layer=None, reduce="none": cls, pre_projector=lambda: torch.eye(9))
+    visual = VisualTokens(torch.zeros(9, 4), meta, signals)
+    prepared = SimpleNamespace(input_ids=torch.zeros(20))
+    method = repro.method("vispruner", "tokens:4", important_ratio=1.0, full_crops=False)
+    kept = method.reduce(SimpleNamespace(family="llava-next"), prepared, visual).meta["index"]
     assert kept.tolist() == [0, 1, 4, 5, 8]  # 2 from each crop, the newline stays
-    pooled = repro.method("vispruner", "tokens:4", important_ratio=1.0, per_crop=False)
-    assert pooled.reduce(SimpleNamespace(family="llava-next"), None, visual).meta["index"].tolist() == [0, 1, 2, 4, 8]
+    pooled = repro.method("vispruner", "tokens:4", important_ratio=1.0, per_crop=False, full_crops=False)
+    assert pooled.reduce(SimpleNamespace(family="llava-next"), prepared, visual).meta["index"].tolist() == [0, 1, 2, 4, 8]
+
+
+# ------------------------------------------------------------------------------ budgets
+
+@pytest.mark.parametrize("name", TINY)
+def test_token_budgets_are_realized_exactly(tiny_models, name):
+    model = tiny_models[name]["sdpa"]
+    patches, visual = n_patches(model)
+    fastv = run(model, repro.method("fastv", "tokens:7"), tokens=1).stats
+    assert [r.visual_queries for r in fastv.layers] == [visual] * 2 + [7] * (model.card.layers - 2)
+    prepared = model.prepare(make_image(7, IMAGE), QUESTION)
+    reduced = repro.method("vispruner", "tokens:11").reduce(model, prepared, model.encode(prepared))
+    assert int((reduced.meta["kind"] == PATCH).sum()) == len(reduced) == 11  # official: no newline tokens
+    reduced = repro.method("vispruner", "tokens:11", full_crops=False).reduce(model, prepared, model.encode(prepared))
+    assert int((reduced.meta["kind"] == PATCH).sum()) == 11
+    assert len(reduced) == 11 + (visual - patches)  # the unpadded variant keeps LLaVA-NeXT's newlines
+
+
+@pytest.mark.parametrize("name", TINY)
+@pytest.mark.parametrize("method, ratio", [("fastv", 0.85), ("vispruner", 0.6), ("vispruner", 0.8)])
+def test_ratio_budgets_are_met_within_two_percent(tiny_models, name, method, ratio):
+    model = tiny_models[name]["sdpa"]
+    full = run(model, tokens=1).stats.tflops["paper"]
+    got = run(model, repro.method(method, f"ratio:{ratio}"), tokens=1).stats.tflops["paper"]
+    assert (ratio - 0.02) * full <= got <= ratio * full * (1 + 1e-12)
 
 
 def test_infeasible_budgets_and_bad_options_are_clear_errors(tiny_models):
@@ -126,3 +168,33 @@ def test_infeasible_budgets_and_bad_options_are_clear_errors(tiny_models):
         repro.method("fastv", k=0)
     with pytest.raises(ReproError, match="needs a budget"):
         repro.method("vispruner")
+
+
+# ------------------------------------------------------------------------------ FLOPs
+
+@pytest.mark.parametrize("name", TINY)
+@pytest.mark.parametrize("method, budget", [("fastv", "tokens:5"), ("vispruner", "tokens:9")])
+def test_analytic_flops_equal_flopcounter(tiny_models, name, method, budget):
+    model = tiny_models[name]["eager"]
+    m = repro.method(method, budget)
+    prepared = model.prepare(make_image(7, IMAGE), QUESTION)
+    seq = model.assemble(prepared, m.reduce(model, prepared, model.encode(prepared)), m.position_mode(model))
+    with FlopCounterMode(display=False) as counter:
+        out = model.engine.prefill(seq, m.planner(model, seq))
+    layers = [flops.LayerTokens(r.queries, r.keys, r.mlp) for r in out.records]
+    analytic = flops.prefill_flops(model.card, layers, "exact", lm_head_tokens=1)
+    assert counter.get_total_flops() == analytic + out.probe_flops  # scoring is counted apart
+    assert (out.probe_flops > 0) == (method == "fastv")
+
+
+# ------------------------------------------------------------------------------ instance scope
+
+def test_two_methods_on_one_model_alternating_equal_each_alone(tiny_models):
+    model = tiny_models["tiny-llava-next"]["sdpa"]
+    images = [make_image(i, IMAGE) for i in range(3)]
+    fastv, vispruner = repro.method("fastv", "tokens:9"), repro.method("vispruner", "tokens:12")
+    alone = [run(model, fastv, image).tokens for image in images] + [run(model, vispruner, image).tokens for image in images]
+    mixed = []
+    for image in images:
+        mixed.append((run(model, fastv, image).tokens, run(model, vispruner, image).tokens))
+    assert [a for a, _ in mixed] + [b for _, b in mixed] == alone

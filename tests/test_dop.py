@@ -14,13 +14,22 @@ import repro
 from repro import flops
 from repro.calibration import Sample
 from repro.errors import ReproError
-from repro.methods.dop import Policy, SearchOptions, choose, policy_schedule, save_artifact, search
+from repro.methods.dop import Policy, SearchArtifact, SearchOptions, choose, policy_schedule, save_artifact, search
 from repro.methods.dop.policy import flops_grid
 from repro.methods.dop.search import additive_estimate, predicted_divergence
 
 from conftest import TINY, make_image
 
 QUESTION = "What colour is the small square?"
+
+
+def synthetic_artifact(**fields) -> SearchArtifact:
+    """A search artifact with the given fields (curves, shape, options, …) and placeholders elsewhere."""
+    base = {"schema": SearchArtifact.schema, "version": SearchArtifact.version, "model": "synthetic", "layers": 4,
+            "options": {}, "groups": ["visual"], "calibration": {"source": "", "samples": []},
+            "shape": {"n_visual_max": 0, "n_other": 0.0, "n_layout": 0.0}, "curves": {},
+            "reference_divergence": 0.0, "forward_passes": 0, "layer_passes": 0, "seconds": 0.0}
+    return SearchArtifact.from_dict({**base, **fields})
 
 
 def samples(n, size=(150, 90)):
@@ -102,10 +111,10 @@ def test_transfer_rescales_depths():
 
 def test_additive_estimate_equals_the_sum_of_measured_curve_values(artifact):
     estimate = additive_estimate(artifact)
-    curves, d0 = artifact["curves"], artifact["reference_divergence"]
-    for (i, n), (j, a), (k, p) in itertools.product(*(enumerate(curves[c]["points"]) for c in curves)):
-        measured = curves["n_visual"]["values"][i] + curves["attention_depth"]["values"][j] \
-            + curves["mlp_depth"]["values"][k] - 2 * d0
+    curves, d0 = artifact.curves, artifact.reference_divergence
+    for (i, n), (j, a), (k, p) in itertools.product(*(enumerate(curves[c].points) for c in curves)):
+        measured = curves["n_visual"].values[i] + curves["attention_depth"].values[j] \
+            + curves["mlp_depth"].values[k] - 2 * d0
         assert estimate[n, a, p] == pytest.approx(measured, abs=1e-12)
     assert d0 == pytest.approx(0.0, abs=1e-9)  # identity reducer at full budget: the unpruned model
 
@@ -114,11 +123,12 @@ def test_enumeration_returns_the_brute_force_argmin(tiny_models):
     model = tiny_models["tiny-llava-1.5"]["sdpa"]
     rng = np.random.default_rng(0)
     L, n_max = model.card.layers, 12
-    art = {"layers": L, "options": {"interpolation": "linear", "mha_semantics": "drop"},
-           "shape": {"n_visual_max": n_max, "n_other": 30.0, "n_layout": 0.0}, "reference_divergence": 0.0,
-           "curves": {"n_visual": {"points": list(range(n_max + 1)), "values": rng.random(n_max + 1).tolist()},
-                      "attention_depth": {"points": list(range(L + 1)), "values": rng.random(L + 1).tolist()},
-                      "mlp_depth": {"points": list(range(L + 1)), "values": rng.random(L + 1).tolist()}}}
+    art = synthetic_artifact(
+        layers=L, options={"interpolation": "linear", "mha_semantics": "drop"},
+        shape={"n_visual_max": n_max, "n_other": 30.0, "n_layout": 0.0}, reference_divergence=0.0,
+        curves={"n_visual": {"points": list(range(n_max + 1)), "values": rng.random(n_max + 1).tolist()},
+                "attention_depth": {"points": list(range(L + 1)), "values": rng.random(L + 1).tolist()},
+                "mlp_depth": {"points": list(range(L + 1)), "values": rng.random(L + 1).tolist()}})
     d_v, d_a, d_p, _ = predicted_divergence(art)
     unpruned = flops.unpruned_prefill_flops(model.card, 30 + n_max, "paper")
     for ratio in (0.95, 0.85, 0.75):
@@ -132,8 +142,8 @@ def test_enumeration_returns_the_brute_force_argmin(tiny_models):
                 if best is None or score < best[0]:
                     best = (score, n, a, p)
         got = choose(art, model.card, f"ratio:{ratio}")
-        assert got["predicted_divergence"] == pytest.approx(best[0])
-        assert got["policy"] == Policy.single(*best[1:]).as_dict()
+        assert got.predicted_divergence == pytest.approx(best[0])
+        assert got.policy == Policy.single(*best[1:])
 
 
 def test_resuming_from_the_reference_prefix_is_exact(tiny_models):
@@ -152,18 +162,16 @@ def test_resuming_from_the_reference_prefix_is_exact(tiny_models):
 
 def test_search_artifact_records_everything_and_drives_evaluation(tiny_models, artifact, tmp_path):
     model = tiny_models["tiny-llava-1.5"]["sdpa"]
-    for key in ("model", "layers", "options", "calibration", "shape", "curves", "budgets", "forward_passes",
-                "layer_passes", "seconds"):
-        assert key in artifact
-    assert artifact["calibration"]["samples"] == ["s0", "s1", "s2"]
+    assert artifact.calibration.samples == ("s0", "s1", "s2") and artifact.calibration.source == "test"
+    assert SearchArtifact.from_dict(json.loads(json.dumps(artifact.to_dict()))) == artifact
     # prefix resumption: the depth sweeps ran fewer layers than whole passes would
-    assert artifact["layer_passes"] < artifact["forward_passes"] * model.card.layers
-    for chosen in artifact["budgets"]:
-        ratio = float(chosen["budget"].split(":")[1])
-        assert chosen["ratio"] <= ratio
+    assert artifact.layer_passes < artifact.forward_passes * model.card.layers
+    for chosen in artifact.budgets:
+        ratio = float(chosen.budget.split(":")[1])
+        assert chosen.ratio <= ratio
     path = save_artifact(artifact, tmp_path / "dop.json")
     dop = repro.method("dop", budget="ratio:0.8", artifact=path)
-    assert dop.policy_for(model) == Policy.from_dict(artifact["budgets"][0]["policy"])
+    assert dop.policy_for(model) == artifact.budgets[0].policy
     result = model.generate(make_image(0), QUESTION, method=dop, max_new_tokens=2)
     assert result.stats.tflops["paper"] > 0
     # a budget the search did not list is solved analytically from the curves
@@ -183,7 +191,7 @@ def test_mismatched_artifacts_and_infeasible_budgets_are_refused(tiny_models, ar
     with pytest.raises(ReproError, match="exactly one of"):
         repro.method("dop", budget="ratio:0.8")
     transferred = repro.method("dop", budget="ratio:0.8", artifact=path, transfer=True).policy_for(other)
-    assert transferred.depths == Policy.from_dict(artifact["budgets"][0]["policy"]).depths  # both have 4 layers
+    assert transferred.depths == artifact.budgets[0].policy.depths  # both have 4 layers
 
 
 def test_proxy_analysis_and_curves_write_csv_and_png(tiny_models, artifact, tmp_path):
@@ -198,4 +206,4 @@ def test_proxy_analysis_and_curves_write_csv_and_png(tiny_models, artifact, tmp_
         assert row["true"] >= 0
     paths = analyses.write_proxy_analysis(result, tmp_path, "proxy") + analyses.write_curves(artifact, tmp_path, "curves")
     assert all(p.exists() and p.stat().st_size > 0 for p in paths)
-    assert (tmp_path / "curves.csv").read_text().count("\n") == 1 + sum(len(c["points"]) for c in artifact["curves"].values())
+    assert (tmp_path / "curves.csv").read_text().count("\n") == 1 + sum(len(c.points) for c in artifact.curves.values())

@@ -17,6 +17,7 @@ from repro.methods.dop import grouped
 from repro.methods.dop.policy import effective_mlp_depth, grouped_flops
 
 from conftest import make_image
+from test_dop import synthetic_artifact
 
 QUESTION = "What colour is the small square?"
 MODEL = "tiny-llava-next"  # VisPruner per crop, plus layout (newline) tokens in group 0
@@ -53,7 +54,8 @@ def test_vispruner_tags_important_and_diverse_tokens(tiny_models):
     model = tiny_models[MODEL]["sdpa"]
     prepared = model.prepare(make_image(0, (150, 90)), QUESTION)
     visual = model.encode(prepared)
-    reduced = repro.method("vispruner", "tokens:24").reduce(model, prepared, visual)
+    # the unpadded variant, which DOP stacks on (its search models the newline tokens)
+    reduced = repro.method("vispruner", "tokens:24", full_crops=False).reduce(model, prepared, visual)
     seq = model.assemble(prepared, reduced)
     assert seq.visual_groups is not None and seq.visual_groups.numel() == seq.visual.numel()
     layout = reduced.meta["kind"] == 1
@@ -95,20 +97,20 @@ def test_grouped_flops_equal_the_engine_records(tiny_models, policy, semantics):
 
 
 def test_per_group_additive_estimate_equals_the_sum_of_measured_curve_values(artifact):
-    curves, d0 = artifact["curves"], artifact["reference_divergence"]
-    names = grouped.parameter_names(artifact["groups"])
-    assert list(curves) == names and artifact["groups"] == ["important", "diverse"]
-    combos = list(itertools.product(*(enumerate(curves[n]["points"]) for n in names)))
+    curves, d0 = artifact.curves, artifact.reference_divergence
+    names = grouped.parameter_names(artifact.groups)
+    assert list(curves) == names and artifact.groups == ("important", "diverse")
+    combos = list(itertools.product(*(enumerate(curves[n].points) for n in names)))
     policies = [Policy(c[0][1], ((c[1][1], c[2][1]), (c[3][1], c[4][1]))) for c in combos]
     estimate = grouped.estimate(artifact, policies)
     for combo, value in zip(combos, estimate):
-        measured = sum(curves[n]["values"][i] for n, (i, _) in zip(names, combo)) - 4 * d0
+        measured = sum(curves[n].values[i] for n, (i, _) in zip(names, combo)) - 4 * d0
         assert value == pytest.approx(measured, abs=1e-12)
     assert d0 == pytest.approx(0.0, abs=1e-9)  # VisPruner at full budget keeps every token
     assert np.ptp(estimate) > 0
 
 
-def synthetic_artifact(card, semantics, seed):
+def grouped_artifact(card, semantics, seed):
     rng = np.random.default_rng(seed)
     L, n_max = card.layers, 12
     depth = {"points": list(range(L + 1))}
@@ -116,17 +118,17 @@ def synthetic_artifact(card, semantics, seed):
     for g in ("important", "diverse"):
         for p in grouped.DEPTH_PARAMETERS:
             curves[f"{p}.{g}"] = {**depth, "values": rng.random(L + 1).tolist()}
-    return {"layers": L, "groups": ["important", "diverse"],
-            "options": {"interpolation": "linear", "mha_semantics": semantics, "groups": "reducer"},
-            "shape": {"n_visual_max": n_max, "n_other": 30.0, "n_layout": 2.0,
-                      "group_tokens": {"points": [0, 6, 12], "counts": [[2, 0], [5, 3], [9, 5]]}},
-            "reference_divergence": 0.01, "curves": curves}
+    return synthetic_artifact(layers=L, groups=["important", "diverse"],
+                              options={"interpolation": "linear", "mha_semantics": semantics, "groups": "reducer"},
+                              shape={"n_visual_max": n_max, "n_other": 30.0, "n_layout": 2.0,
+                                     "group_tokens": {"points": [0, 6, 12], "counts": [[2, 0], [5, 3], [9, 5]]}},
+                              reference_divergence=0.01, curves=curves)
 
 
 @pytest.mark.parametrize("semantics", ["drop", "query_skip"])
 def test_per_group_enumeration_returns_the_brute_force_argmin(tiny_models, semantics):
     card = tiny_models[MODEL]["sdpa"].card
-    art = synthetic_artifact(card, semantics, seed=3)
+    art = grouped_artifact(card, semantics, seed=3)
     L, n_max = card.layers, 12
     counts = grouped.group_counts(art)
     assert counts.sum(-1).tolist() == [n + 2 for n in range(n_max + 1)]
@@ -150,25 +152,30 @@ def test_per_group_enumeration_returns_the_brute_force_argmin(tiny_models, seman
                 if best is None or score < best[0]:
                     best = (score, Policy(n, pairs))
         got = choose(art, card, f"ratio:{ratio}")
-        assert got["predicted_divergence"] == pytest.approx(best[0], abs=1e-12)
-        assert got["policy"] == best[1].as_dict()
-        assert got["ratio"] <= ratio
+        assert got.predicted_divergence == pytest.approx(best[0], abs=1e-12)
+        assert got.policy == best[1]
+        assert got.ratio <= ratio
 
 
 def test_grouped_artifact_drives_evaluation(tiny_models, artifact, tmp_path):
     model = tiny_models[MODEL]["sdpa"]
-    assert artifact["shape"]["group_tokens"]["counts"][-1] == [28.0, 24.0]  # 48 patches + 4 newlines
+    assert artifact.shape.group_tokens.counts[-1] == (28.0, 24.0)  # 48 patches + 4 newlines
     # θ₀'s sequence (VisPruner at n_max) is the full one, so depth sweeps resumed from the prefix
-    assert artifact["layer_passes"] < artifact["forward_passes"] * model.card.layers
+    assert artifact.layer_passes < artifact.forward_passes * model.card.layers
     path = save_artifact(artifact, tmp_path / "dop.json")
-    for chosen in artifact["budgets"]:
-        policy = Policy.from_dict(chosen["policy"])
-        assert len(policy.depths) == 2 and chosen["ratio"] <= float(chosen["budget"].split(":")[1])
-        dop = repro.method("dop", budget=chosen["budget"], artifact=path)
+    for chosen in artifact.budgets:
+        policy = chosen.policy
+        assert len(policy.depths) == 2 and chosen.ratio <= float(chosen.budget.split(":")[1])
+        dop = repro.method("dop", budget=chosen.budget, artifact=path, budget_mode="fixed")
         assert dop.policy_for(model) == policy
         result = model.generate(make_image(0, (150, 90)), QUESTION, method=dop, max_new_tokens=2)
-        if policy.n_visual in artifact["shape"]["group_tokens"]["points"]:  # exact group sizes: exact FLOPs
-            assert result.stats.tflops["paper"] == pytest.approx(chosen["tflops"], rel=1e-12)
+        if policy.n_visual in artifact.shape.group_tokens.points:  # exact group sizes: exact FLOPs
+            assert result.stats.tflops["paper"] == pytest.approx(chosen.tflops, rel=1e-12)
+        # per sample (the default): n_v re-solved with the reducer's real group sizes, never over R
+        for size, question in (((150, 90), QUESTION), ((90, 150), QUESTION + " Answer in one word, please.")):
+            stats = model.generate(make_image(1, size), question, max_new_tokens=1,
+                                   method=repro.method("dop", budget=chosen.budget, artifact=path)).stats
+            assert stats.tflops["paper"] <= float(chosen.budget.split(":")[1]) * stats.unpruned_tflops * (1 + 1e-12)
 
 
 def test_groups_need_a_reducer_with_groups(tiny_models):
@@ -192,7 +199,7 @@ def test_proxy_analysis_and_curves_on_a_grouped_artifact(tiny_models, artifact, 
         grouped.estimate(artifact, analyses.random_feasible_policies(artifact, model.card, 8, seed=2)).tolist())
     assert {"attention_depth.important", "mlp_depth.diverse"} <= set(result["rows"][0])
     paths = analyses.write_curves(artifact, tmp_path, "curves")
-    assert (tmp_path / "curves.csv").read_text().count("\n") == 1 + sum(len(c["points"]) for c in artifact["curves"].values())
+    assert (tmp_path / "curves.csv").read_text().count("\n") == 1 + sum(len(c.points) for c in artifact.curves.values())
     assert all(p.stat().st_size > 0 for p in paths)
 
 
@@ -207,11 +214,11 @@ def test_a_policy_that_moves_one_parameter_measures_its_curve_value(tiny_models,
     from repro.methods.dop.studies import HeldOut
 
     model = tiny_models[MODEL]["sdpa"]
-    truth = HeldOut(model, samples(2), SearchOptions(**artifact["options"]))  # the calibration samples again
-    L, curves = model.card.layers, artifact["curves"]
-    cases = [(Policy(48, ((2, L), (L, L))), curves["attention_depth.important"]["values"][2]),
-             (Policy(48, ((L, L), (L, 1))), curves["mlp_depth.diverse"]["values"][1]),
-             (Policy(24, ((L, L), (L, L))), curves["n_visual"]["values"][2])]
+    truth = HeldOut(model, samples(2), artifact.options)  # the calibration samples again
+    L, curves = model.card.layers, artifact.curves
+    cases = [(Policy(48, ((2, L), (L, L))), curves["attention_depth.important"].values[2]),
+             (Policy(48, ((L, L), (L, 1))), curves["mlp_depth.diverse"].values[1]),
+             (Policy(24, ((L, L), (L, L))), curves["n_visual"].values[2])]
     for policy, measured in cases:
         assert truth.divergence(policy) == pytest.approx(measured, rel=1e-4, abs=1e-9)
         assert measured > 0

@@ -54,7 +54,7 @@ def test_samples_study_times_each_search_and_scores_the_chosen_policy_on_held_ou
     assert all(r["seconds"] > 0 and r["ratio"] <= float(r["budget"].split(":")[1]) for r in rows)
     # each count is its own search on the first `count` samples
     again = search(model, pool[:2], BUDGETS, options, progress=False)
-    assert [json.loads(r["policy"]) for r in rows[:2]] == [c["policy"] for c in again["budgets"]]
+    assert [json.loads(r["policy"]) for r in rows[:2]] == [c.policy.as_dict() for c in again.budgets]
     for row in rows[::3]:  # held-out samples are the two after the calibration pool
         policy = Policy.from_dict(json.loads(row["policy"]))
         assert row["heldout_kl"] > 0
@@ -77,13 +77,13 @@ def test_transfer_rescales_the_source_policy_and_compares_with_the_direct_search
     assert [(r["budget"], r["policy_kind"]) for r in rows] == [(b, k) for b in BUDGETS for k in ("transferred", "direct")]
     source_art = search(source, pool[:3], BUDGETS, options, progress=False)
     target_art = search(deep, pool[:3], BUDGETS, options, progress=False)
-    for budget, s_choice, t_choice in zip(BUDGETS, source_art["budgets"], target_art["budgets"]):
+    for budget, s_choice, t_choice in zip(BUDGETS, source_art.budgets, target_art.budgets):
         transferred, direct = (r for r in rows if r["budget"] == budget)
-        policy = Policy.from_dict(s_choice["policy"])
+        policy = s_choice.policy
         assert Policy.from_dict(json.loads(transferred["policy"])) == Policy(
             policy.n_visual, tuple((2 * a, 2 * p) for a, p in policy.depths))  # 4 -> 8 layers
-        assert json.loads(direct["policy"]) == t_choice["policy"]
-        assert direct["target_ratio"] == pytest.approx(t_choice["ratio"])
+        assert json.loads(direct["policy"]) == t_choice.policy.as_dict()
+        assert direct["target_ratio"] == pytest.approx(t_choice.ratio)
         assert direct["heldout_kl"] >= 0 and transferred["heldout_kl"] >= 0
     with pytest.raises(repro.errors.ReproError, match="two different models"):
         studies.transfer_study(source, source, pool, 3, 1, BUDGETS, options)

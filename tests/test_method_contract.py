@@ -85,7 +85,8 @@ def test_full_budget_reproduces_the_unpruned_model(tiny_models, shapes, plain, n
     model, shape = tiny_models[family]["sdpa"], shapes[family]
     row = settings(name)
     full = shape.n_patches if row.full == "patches" else shape.n_visual
-    result, unpruned = run(model, row.make(name, f"tokens:{full}", shape), tokens=4), plain[family]
+    result = run(model, row.make(name, f"tokens:{full}", shape, **row.full_options), tokens=4)
+    unpruned = plain[family]
     assert (result.first_token_logprobs - unpruned.first_token_logprobs).abs().max() < 1e-5
     assert result.text == unpruned.text and result.tokens == unpruned.tokens
 

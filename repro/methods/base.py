@@ -8,7 +8,7 @@ sequence surgery happens in the adapter and the engine.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import Tensor
@@ -20,6 +20,7 @@ from repro.errors import ReproError
 from repro.models.adapter import Prepared, VisualTokens
 
 if TYPE_CHECKING:
+    from repro.methods.fitting import FitArtifact
     from repro.models.model import Model
 
 
@@ -47,21 +48,67 @@ class Method:
         """In-LLM: the token sets of every layer's operations."""
         return Schedule.full(model.card.layers)
 
+    # The fit hook (contract in methods/fitting.py): a method that fits on calibration data
+    # overrides both classmethods and accepts `artifact=` (path or artifact) as an option.
 
-def visual_tokens_for_budget(model: "Model", prepared: Prepared, n_visual: int, budget: Budget) -> int:
+    artifact_type: "type[FitArtifact] | None" = None  # set by a method that fits: its artifact class
+
+    @classmethod
+    def fits(cls) -> bool:
+        """Whether this method has a fit step on calibration data."""
+        return cls.artifact_type is not None
+
+    @classmethod
+    def fit_config(cls, options: dict, fit: dict) -> Any:
+        """Validate a fit request (the method's options, its fit keys); a frozen dataclass of
+        everything that changes the fit's result. ReproError on bad input."""
+        raise ReproError(f"method {cls.name!r} has no fit step on calibration data (no `search:` for it)")
+
+    @classmethod
+    def fit(cls, model: "Model", samples: list, config: Any, *, source: str = "", excluded: tuple[str, ...] = (),
+            budgets: tuple[str, ...] = (), progress: bool = True) -> "FitArtifact":
+        """Fit on `samples` from calibration `source`; returns a typed `FitArtifact`."""
+        raise ReproError(f"method {cls.name!r} has no fit step on calibration data")
+
+
+def visual_tokens_for_budget(model: "Model", prepared: Prepared, n_visual: int, budget: Budget, *,
+                             n_other: int | None = None) -> int:
     """How many visual tokens a pre-LLM reducer may keep on this sample under `budget`.
 
-    `tokens:N` is taken as is (capped at what the image has); `ratio:R` and `tflops:X` are solved
-    for the sample's real sequence shape with the paper FLOPs convention.
+    `tokens:N` is taken as is; more than the `n_visual` tokens available is a ReproError, never a
+    silent clamp. `ratio:R` and `tflops:X` are solved for the sample's real sequence shape with the
+    paper FLOPs convention; `n_other` (default: the prompt's other tokens) is what the LLM sees
+    besides the reducer's pool (e.g. LLaVA-NeXT newline tokens a method keeps).
     """
     if budget.kind == "tokens":
-        return min(int(budget.value), n_visual)
-    n_other = prepared.input_ids.numel() - n_visual
+        if int(budget.value) > n_visual:
+            raise ReproError(f"budget {budget} asks for more visual tokens than the {n_visual} this sample offers "
+                             f"the method; use at most tokens:{n_visual} (or a ratio:/tflops: budget)")
+        return int(budget.value)
+    if n_other is None:
+        n_other = prepared.input_ids.numel() - n_visual
 
     def cost(n_keep: int) -> float:
         return flops.unpruned_prefill_flops(model.card, n_other + n_keep, "paper")
 
-    return solve_knob(range(n_visual + 1), cost, budget.max_flops(cost(n_visual)))
+    unpruned = flops.unpruned_prefill_flops(model.card, prepared.input_ids.numel(), "paper")
+    return solve_knob(range(n_visual + 1), cost, budget.max_flops(unpruned))
+
+
+def per_image_budgets(model: "Model", prepared: Prepared, capacities: list[int], budget: Budget, *,
+                      n_other: int | None = None, extra: int = 0) -> list[int]:
+    """Tokens each image keeps. The references apply their T to each image (one row per image),
+    so `tokens:N` is N per image (`extra` tokens a method adds per image, e.g. a merged token,
+    count in N); `ratio:`/`tflops:` solve the sample's total, shared equally over the images."""
+    if budget.kind == "tokens":
+        for capacity in capacities:
+            visual_tokens_for_budget(model, prepared, capacity + extra, budget)
+        return [int(budget.value) - extra] * len(capacities)
+    if n_other is None:
+        n_other = prepared.input_ids.numel() - sum(capacities)
+    total = visual_tokens_for_budget(model, prepared, sum(capacities) + extra * len(capacities), budget,
+                                     n_other=n_other)
+    return [max(0, share - extra) for share in split_budget(total, [c + extra for c in capacities])]
 
 
 def top_indices(scores: Tensor, k: int, *, inverse: bool = False) -> Tensor:

@@ -31,6 +31,11 @@ class MethodSpec:
     reference: str  # paper and official repository
     variants: Mapping[str, str] = field(default_factory=dict)
 
+    @property
+    def requires(self) -> tuple[str, ...]:
+        """Inputs beyond the model's own weights (e.g. "text_tower"), for planning and staging."""
+        return tuple(getattr(self.cls, "requires", ()))
+
     def faithful_options(self) -> dict[str, object]:
         """The constructor's keyword defaults: the official implementation's settings."""
         params = inspect.signature(self.cls.__init__).parameters.values()
@@ -57,6 +62,11 @@ def register(name: str, *, stage: str, knob: str, reference: str,
 
 def specs() -> list[MethodSpec]:
     return [_REGISTRY[name] for name in sorted(_REGISTRY)]
+
+
+def method_spec(name: str) -> MethodSpec | None:
+    """The registered spec of `name` (None for the unpruned model or an unknown name)."""
+    return _REGISTRY.get(name)
 
 
 def method(name: str, budget=None, **options) -> Method:

@@ -40,6 +40,7 @@ class Prepared:
     prompt: str
     inputs: dict[str, Tensor]
     images: list[Image.Image]
+    question: str = ""  # the user's text as given (text-conditioned reducers score against it)
 
     @property
     def input_ids(self) -> Tensor:
@@ -61,6 +62,20 @@ class VisualTokens:
         """Keep the tokens at positions `idx` of this set (in the given order)."""
         idx = idx.to(self.features.device)
         return replace(self, features=self.features[idx], meta={k: v[idx] for k, v in self.meta.items()})
+
+    def merge(self, anchors: Tensor, features: Tensor) -> "VisualTokens":
+        """Tokens whose features a merging reducer computed: row i has the features `features[i]`
+        and the metadata of token `anchors[i]` of this set (which image span it joins, and where).
+
+        An anchor may repeat (an extra token such as TRIM's mean token or VisionZip's [CLS] rides
+        on a kept token's slot); such outputs need contiguous positions, where the sequence
+        follows the order of the rows (see `Adapter.assemble`).
+        """
+        if features.shape[0] != anchors.numel() or features.shape[1:] != self.features.shape[1:]:
+            raise ValueError(f"merged features {tuple(features.shape)} do not match {anchors.numel()} anchors of "
+                             f"width {self.features.shape[1]}")
+        out = self.select(anchors)
+        return replace(out, features=features.to(device=out.features.device, dtype=out.features.dtype))
 
     @property
     def patches(self) -> Tensor:
@@ -108,7 +123,42 @@ class VisionSignals:
 
     def pre_projector(self) -> Tensor:
         """Vision features fed to the projector, (n, d_vision)."""
-        return self._to_tokens(self._cached(("pre",), self.crop_pre_projector))
+        return self._to_tokens(self.per_crop_pre_projector())
+
+    # Per-crop views (n_crops, n_patches, ...) of the same signals: every patch the tower encoded,
+    # LLaVA-NeXT's padding patches included (the official VisPruner/CDPruner code selects among them).
+    def per_crop_cls_attention(self, layer: int | None = None) -> Tensor:
+        return self._cached(("cls", layer), lambda: self.crop_cls_attention(layer))
+
+    def per_crop_keys(self, layer: int | None = None) -> Tensor:
+        return self._cached(("keys", layer), lambda: self.crop_keys(layer))
+
+    def per_crop_pre_projector(self) -> Tensor:
+        return self._cached(("pre",), self.crop_pre_projector)
+
+    def per_crop_cls_attention_one_head(self, layer: int | None = None) -> Tensor:
+        """(n_crops, n_patches): [CLS] attention as one head over the full width (PruMerge+)."""
+        return self._cached(("cls1", layer), lambda: self.crop_cls_attention_one_head(layer))
+
+    def cls_attention_one_head(self, layer: int | None = None) -> Tensor:
+        return self._to_tokens(self.per_crop_cls_attention_one_head(layer))
+
+    def cls_feature(self) -> Tensor:
+        """(n_crops, d_vision): each crop's [CLS] output at the feature layer (pre-projector)."""
+        return self._cached(("clsfeat",), self.crop_cls_feature)
+
+    def grid_meta(self) -> dict[str, Tensor]:
+        """Metadata of every patch of every crop, flattened crop-major (the per-crop views' order):
+        `crop`, `patch`, `row`, `col`, `image`. Default: each crop's own grid."""
+        return self.crop_grid_meta()
+
+    def project(self, pre: Tensor) -> Tensor:
+        """Pre-projector vision features -> LLM space, with the model's own projector."""
+        raise NotImplementedError(f"{type(self).__name__} cannot project merged features")
+
+    def post_norm(self, pre: Tensor) -> Tensor:
+        """The tower's final norm (CLIP `post_layernorm`), the input of CLIP's visual projection."""
+        raise NotImplementedError(f"{type(self).__name__} has no CLIP post-layernorm")
 
     # Per-crop computations, (n_crops, n_patches[, ...]); implemented per family.
     def crop_cls_attention(self, layer: int | None) -> Tensor:
@@ -120,6 +170,39 @@ class VisionSignals:
 
     def crop_pre_projector(self) -> Tensor:
         raise NotImplementedError
+
+    def crop_cls_attention_one_head(self, layer: int | None) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} has no single-head [CLS] attention signal")
+
+    def crop_cls_feature(self) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} has no [CLS] token fed to a projector")
+
+    def crop_grid_meta(self) -> dict[str, Tensor]:
+        n_crops, n_patches = self.per_crop_pre_projector().shape[:2]
+        side = max(1, int(round(n_patches ** 0.5)))
+        crop = torch.arange(n_crops).repeat_interleave(n_patches)
+        patch = torch.arange(n_patches).repeat(n_crops)
+        is_patch = self._meta["crop"] >= 0
+        image_of_crop = torch.zeros(n_crops, dtype=torch.long)
+        image_of_crop[self._meta["crop"][is_patch].cpu()] = self._meta["image"][is_patch].cpu()
+        meta = {"crop": crop, "patch": patch, "row": patch // side, "col": patch % side, "image": image_of_crop[crop]}
+        return {k: v.to(self._meta["crop"].device) for k, v in meta.items()}
+
+
+def crop_grid_tokens(visual: VisualTokens) -> VisualTokens:
+    """Every patch of every crop the tower encoded, projected, in crop order, layout tokens excluded.
+
+    On LLaVA-NeXT this includes the patches unpadding removes: the pool the official VisPruner and
+    CDPruner code select from. Each token is anchored to its image's first placeholder, so these
+    tokens need contiguous positions (their sequence order is their row order).
+    """
+    signals = visual.signals
+    grid = signals.grid_meta()
+    features = signals.project(signals.per_crop_pre_projector().flatten(0, 1))
+    first = {int(i): int(visual.meta["index"][visual.meta["image"] == i].min()) for i in torch.unique(visual.meta["image"])}
+    index = torch.tensor([first[int(i)] for i in grid["image"]], dtype=torch.long, device=grid["image"].device)
+    meta = {**grid, "index": index, "kind": torch.full_like(index, PATCH)}
+    return VisualTokens(features, {k: meta[k] for k in META_FIELDS}, signals)
 
 
 class Adapter:
@@ -156,7 +239,7 @@ class Adapter:
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
-        return Prepared(prompt, inputs, list(images))
+        return Prepared(prompt, inputs, list(images), question)
 
     def encode(self, prepared: Prepared) -> VisualTokens:
         raise NotImplementedError
@@ -166,10 +249,13 @@ class Adapter:
         return torch.arange(prepared.input_ids.numel(), device=self.device)
 
     def assemble(self, prepared: Prepared, visual: VisualTokens, *, positions: str = "original") -> Sequence:
-        """Replace the image placeholders by `visual` (any subset, any order) in sequence order.
+        """Replace the image placeholders by `visual` (any subset, any order).
 
-        `positions="original"` keeps every token's position in the unreduced sequence;
-        `"contiguous"` renumbers 0..n-1 as if the reduced sequence had been the input.
+        `positions="original"` keeps every token's position in the unreduced sequence and places
+        the tokens in the order of their `index`; `"contiguous"` renumbers 0..n-1 as if the reduced
+        sequence had been the input, and places each image span's tokens in the order of `visual`
+        (a merging reducer's output order, as the reference code concatenates it; for a subset in
+        index order both placements agree).
         """
         if positions not in ("original", "contiguous"):
             raise ValueError(f"positions must be 'original' or 'contiguous', not {positions!r}")
@@ -179,7 +265,8 @@ class Adapter:
             raise ValueError("visual token index beyond the prompt's image placeholders")
         text_pos = (ids != self.image_token_id).nonzero().flatten()
         vis_pos = placeholder[visual.meta["index"].to(ids.device)]
-        order = torch.argsort(torch.cat([text_pos, vis_pos]), stable=True)
+        key = vis_pos if positions == "original" else _span_start(placeholder)[visual.meta["index"].to(ids.device)]
+        order = torch.argsort(torch.cat([text_pos, key]), stable=True)
         n_text = text_pos.numel()
         embeds = torch.cat([self.decoder.embed_tokens(ids[text_pos]), visual.features.to(self.dtype)])[order]
         original = torch.cat([text_pos, vis_pos])[order]
@@ -191,3 +278,69 @@ class Adapter:
         groups = visual.meta.get("group")  # a reducer's token groups (e.g. VisPruner important/diverse)
         return Sequence(embeds=embeds, positions=pos, visual=visual_idx, input_ids=ids[original],
                         visual_groups=None if groups is None else groups.to(ids.device)[order_in_seq])
+
+
+def _span_start(placeholder: Tensor) -> Tensor:
+    """For each placeholder position, the first position of its contiguous run."""
+    new_run = torch.ones_like(placeholder, dtype=torch.bool)
+    new_run[1:] = placeholder[1:] != placeholder[:-1] + 1
+    return placeholder[new_run][torch.cumsum(new_run.long(), 0) - 1]
+
+
+class PatchPool:
+    """The candidates a pre-LLM reducer chooses from, with vision signals aligned row by row.
+
+    `full_crops=True`: every patch of every crop (LLaVA-NeXT padding included, no layout tokens),
+    as the official LLaVA-NeXT code of VisPruner, CDPruner and VisionZip sees them. Otherwise the
+    model's own image-patch tokens (layout tokens set apart in `layout`).
+    """
+
+    def __init__(self, visual: VisualTokens, *, full_crops: bool):
+        self.full_crops = full_crops
+        self.signals = visual.signals
+        if full_crops:
+            self.tokens = crop_grid_tokens(visual)
+            self.layout = visual.select(visual.patches[:0])
+        else:
+            self._patches = visual.patches
+            self.tokens = visual.select(self._patches)
+            self.layout = visual.select((visual.meta["kind"] == LAYOUT).nonzero().flatten())
+
+    def _rows(self, per_crop: Callable[[], Tensor], per_token: Callable[[], Tensor]) -> Tensor:
+        return per_crop().flatten(0, 1) if self.full_crops else per_token()[self._patches]
+
+    def cls_attention(self, layer: int | None = None) -> Tensor:
+        """(n, heads)."""
+        s = self.signals
+        return self._rows(lambda: s.per_crop_cls_attention(layer), lambda: s.cls_attention(layer, reduce="none"))
+
+    def cls_attention_one_head(self, layer: int | None = None) -> Tensor:
+        s = self.signals
+        return self._rows(lambda: s.per_crop_cls_attention_one_head(layer), lambda: s.cls_attention_one_head(layer))
+
+    def keys(self, layer: int | None = None) -> Tensor:
+        s = self.signals
+        return self._rows(lambda: s.per_crop_keys(layer), lambda: s.keys(layer))
+
+    def pre_projector(self) -> Tensor:
+        s = self.signals
+        return self._rows(lambda: s.per_crop_pre_projector(), lambda: s.pre_projector())
+
+    def crops(self) -> list[Tensor]:
+        """Positions (in `tokens`) of each crop's patches, crops in encoding order."""
+        crop = self.tokens.meta["crop"]
+        return [(crop == c).nonzero().flatten() for c in torch.unique(crop)]
+
+    def with_layout(self, out: VisualTokens) -> VisualTokens:
+        """`out` (drawn from this pool) joined by the pool's layout tokens, in index order (group 0)."""
+        layout = self.layout
+        if "group" in out.meta:
+            layout = replace(layout, meta={**layout.meta, "group": torch.zeros(len(layout), dtype=torch.long,
+                                                                                 device=layout.features.device)})
+        order = torch.argsort(torch.cat([out.meta["index"], layout.meta["index"]]), stable=True)
+        return replace(out, features=torch.cat([out.features, layout.features])[order],
+                       meta={k: torch.cat([out.meta[k], layout.meta[k]])[order] for k in out.meta})
+
+    def images(self) -> list[Tensor]:
+        image = self.tokens.meta["image"]
+        return [(image == i).nonzero().flatten() for i in torch.unique(image)]

@@ -50,6 +50,7 @@ class InternViTSignals(VisionSignals):
     def __init__(self, meta: dict[str, Tensor], hf, hidden_states: tuple[Tensor, ...], features: Tensor):
         super().__init__(meta)
         self._model = hf.model
+        self._projector = hf.model.multi_modal_projector
         self._hidden = hidden_states  # [j]: input of vision layer j
         self._features = features  # the vision features the model reads (CLS included)
         self._feature_layer = hf.config.vision_feature_layer
@@ -86,6 +87,10 @@ class InternViTSignals(VisionSignals):
         shuffled = self._model.pixel_shuffle(x.reshape(x.shape[0], side, side, -1),
                                              scale_factor=self._model.config.downsample_ratio)
         return shuffled.reshape(x.shape[0], -1, shuffled.shape[-1])
+
+    @torch.inference_mode()
+    def project(self, pre: Tensor) -> Tensor:
+        return self._projector(pre.to(next(self._projector.parameters()).dtype))
 
 
 class InternVLAdapter(Adapter):

@@ -18,10 +18,13 @@ class ClipSignals(VisionSignals):
     LLaVA reads (`vision_feature_layer`, -2 for the released checkpoints).
     """
 
-    def __init__(self, meta: dict[str, Tensor], hf, hidden_states: tuple[Tensor, ...]):
+    def __init__(self, meta: dict[str, Tensor], hf, hidden_states: tuple[Tensor, ...],
+                 grid: dict[str, Tensor] | None = None):
         super().__init__(meta)
-        self._encoder = hf.model.vision_tower.vision_model.encoder if hasattr(
-            hf.model.vision_tower, "vision_model") else hf.model.vision_tower.encoder
+        self._projector = hf.model.multi_modal_projector
+        self._grid = grid  # LLaVA-NeXT: every crop patch's coordinates on the stitched grid
+        tower = hf.model.vision_tower.vision_model if hasattr(hf.model.vision_tower, "vision_model") else hf.model.vision_tower
+        self._encoder, self._post_layernorm = tower.encoder, tower.post_layernorm
         self._hidden = hidden_states
         self._feature_layer = hf.config.vision_feature_layer
 
@@ -48,6 +51,28 @@ class ClipSignals(VisionSignals):
 
     def crop_pre_projector(self) -> Tensor:
         return self._hidden[self._feature_layer][:, 1:]
+
+    def crop_cls_feature(self) -> Tensor:
+        return self._hidden[self._feature_layer][:, 0]
+
+    def crop_cls_attention_one_head(self, layer: int | None) -> Tensor:
+        """PruMerge+'s score: one softmax of q_[CLS]·k / sqrt(width) over the full width of the
+        layer's query/key projections (not the model's heads), [CLS] column dropped."""
+        x, attn = self._normed(layer)
+        q, k = attn.q_proj(x[:, :1]).float(), attn.k_proj(x).float()
+        return ((q @ k.transpose(-1, -2)) / k.shape[-1] ** 0.5).softmax(-1)[:, 0, 1:]
+
+    def crop_grid_meta(self) -> dict[str, Tensor]:
+        return self._grid if self._grid is not None else super().crop_grid_meta()
+
+    @torch.inference_mode()
+    def post_norm(self, pre: Tensor) -> Tensor:
+        norm = self._post_layernorm
+        return norm(pre.to(norm.weight.dtype))
+
+    @torch.inference_mode()
+    def project(self, pre: Tensor) -> Tensor:
+        return self._projector(pre.to(next(self._projector.parameters()).dtype))
 
 
 def _check_strategy(hf) -> None:
@@ -93,10 +118,11 @@ class LlavaNextAdapter(Adapter):
         out = self.hf.model.get_image_features(
             pixel_values=prepared.inputs["pixel_values"], image_sizes=sizes, output_hidden_states=True, return_dict=True)
         per_image = list(out.pooler_output)
-        meta = self._metadata(sizes, [p.shape[0] for p in per_image])
-        return VisualTokens(torch.cat(per_image), meta, ClipSignals(meta, self.hf, out.hidden_states))
+        meta, grid = self._metadata(sizes, [p.shape[0] for p in per_image])
+        return VisualTokens(torch.cat(per_image), meta, ClipSignals(meta, self.hf, out.hidden_states, grid))
 
-    def _metadata(self, sizes: Tensor, lengths: list[int]) -> dict[str, Tensor]:
+    def _metadata(self, sizes: Tensor, lengths: list[int]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Per-token metadata of the packed sequence, and of every crop patch before unpadding."""
         cfg = self.hf.config
         tile = cfg.vision_config.image_size
         side = tile // cfg.vision_config.patch_size
@@ -127,7 +153,10 @@ class LlavaNextAdapter(Adapter):
         image = torch.cat([torch.full((n,), i) for i, n in enumerate(lengths)])
         meta = {"index": torch.arange(flat.shape[0]), "image": image, "crop": crop, "patch": patch_idx,
                 "row": row, "col": col, "kind": kind}
-        return {k: v.to(self.device) for k, v in meta.items()}
+        every = torch.cat([c.flatten(0, 1) for c in coords]).long()
+        grid = dict(zip(("crop", "patch", "row", "col"), every.unbind(-1)))
+        grid["image"] = torch.cat([torch.full((c.shape[0] * c.shape[1],), i) for i, c in enumerate(coords)])
+        return ({k: v.to(self.device) for k, v in meta.items()}, {k: v.to(self.device) for k, v in grid.items()})
 
 
 def fixed_grid_pinpoints(hf) -> list[list[int]]:

@@ -79,7 +79,8 @@ def load(name_or_path: str, *, dtype: torch.dtype | str | None = None, device: s
         hf.to(device=device, dtype=dtype) if (device or dtype) else None
     hf.eval()
     return Model(name, hf, processor, adapter_cls(hf, processor), ArchCard.from_hf_config(hf.config),
-                 attn_implementation=attn_implementation)
+                 attn_implementation=attn_implementation,
+                 random_weights=random_weights or name_or_path in TINY_BUILDERS)
 
 
 def _entry_or_error(name: str) -> ModelEntry:

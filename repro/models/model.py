@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Sequence as Seq
 
 import torch
@@ -28,6 +28,7 @@ class Stats:
     tflops: dict[str, float]  # realized prefill TFLOPs per convention ("paper", "exact")
     dead_ops: str  # "kept" or "skipped": whether provably dead operations ran
     probe_tflops: float = 0.0  # scoring overhead of in-LLM methods, reported apart from the budget
+    unpruned_tflops: float | None = None  # prefill TFLOPs (paper convention) of the unpruned model on this input
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -42,6 +43,7 @@ class Stats:
             "tflops": dict(self.tflops),
             "dead_ops": self.dead_ops,
             "probe_tflops": self.probe_tflops,
+            "unpruned_tflops": self.unpruned_tflops,
         }
 
 
@@ -58,13 +60,24 @@ class Model:
     """An HF multimodal model, its processor, its family adapter and its architecture card."""
 
     def __init__(self, name: str, hf: Any, processor: Any, adapter: Adapter, card: ArchCard,
-                 attn_implementation: str = "sdpa"):
+                 attn_implementation: str = "sdpa", random_weights: bool = False):
         self.name = name
         self.hf = hf
         self.processor = processor
         self.adapter = adapter
         self.card = card
+        self.random_weights = random_weights  # built offline with random weights (tiny/bench models, timing runs)
         self.engine = Engine(adapter.decoder, backend=attn_implementation)
+        self._text_towers: dict[str | None, Any] = {}
+
+    def text_tower(self, source: str | None = None):
+        """The CLIP text tower of this model (CDPruner, TRIM), loaded once per instance;
+        `source` overrides the default (a hub id, a folder, or "random")."""
+        if source not in self._text_towers:
+            from repro.models.text_tower import text_tower_for
+
+            self._text_towers[source] = text_tower_for(self, source)
+        return self._text_towers[source]
 
     def __repr__(self) -> str:
         return f"Model({self.name!r}, family={self.adapter.family!r}, backend={self.engine.backend!r})"
@@ -114,8 +127,9 @@ class Model:
         out = self.engine.prefill(seq, planner)
         tokens = list(self.engine.greedy(out, max_new_tokens, self.eos_ids(), self._stopper(stop)))
         text = self._trim(self.tokenizer.decode(tokens, skip_special_tokens=True), stop)
+        unpruned = flops.unpruned_prefill_flops(self.card, prepared.input_ids.numel(), "paper") / 1e12
         return Result(text=text, prompt=prepared.prompt, first_token_logprobs=out.logits.log_softmax(-1),
-                      tokens=tokens, stats=self.stats(seq, out, dead_ops))
+                      tokens=tokens, stats=replace(self.stats(seq, out, dead_ops), unpruned_tflops=unpruned))
 
     def eos_ids(self) -> set[int]:
         eos = self.hf.generation_config.eos_token_id

@@ -121,6 +121,11 @@ class QwenSignals(VisionSignals):
         merger = self._visual.merger
         return self._per_token(merger.ln_q(self._hidden[-1])).flatten(1)
 
+    @torch.inference_mode()
+    def project(self, pre: Tensor) -> Tensor:
+        mlp = self._visual.merger.mlp
+        return mlp(pre.to(next(mlp.parameters()).dtype))
+
 
 class QwenAdapter(Adapter):
     family = "qwen2.5-vl"

@@ -24,11 +24,14 @@ class ModelEntry:
     hf_id: str
     card: ArchCard
     notes: str = ""
+    text_tower: str = ""  # hub id of the CLIP checkpoint whose text half CDPruner and TRIM use ("" = none)
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
             raise ValueError(f"unknown family {self.family!r}; expected one of {FAMILIES}")
 
+
+CLIP_L_336_ID = "openai/clip-vit-large-patch14-336"  # LLaVA's vision tower; its text half serves CDPruner/TRIM
 
 CLIP_L_336 = VisionCard(
     name="CLIP ViT-L/14-336",
@@ -84,6 +87,7 @@ _ENTRIES = (
         hf_id="llava-hf/llava-1.5-7b-hf",
         card=ArchCard(**_VICUNA_7B, vision=CLIP_L_336, visual_tokens=576),
         notes="Vicuna-7B v1.5; 576 visual tokens per image",
+        text_tower=CLIP_L_336_ID,
     ),
     ModelEntry(
         name="llava-1.5-13b",
@@ -91,6 +95,7 @@ _ENTRIES = (
         hf_id="llava-hf/llava-1.5-13b-hf",
         card=ArchCard(**_VICUNA_13B, vision=CLIP_L_336, visual_tokens=576),
         notes="Vicuna-13B v1.5; 576 visual tokens per image",
+        text_tower=CLIP_L_336_ID,
     ),
     ModelEntry(
         name="llava-next-7b",
@@ -98,6 +103,7 @@ _ENTRIES = (
         hf_id="llava-hf/llava-v1.6-vicuna-7b-hf",
         card=ArchCard(**_VICUNA_7B, vision=CLIP_L_336, visual_tokens=2880),
         notes="anyres; 2880 = 5 x 576 nominal tokens of the VisPruner/CDPruner 672x672 protocol",
+        text_tower=CLIP_L_336_ID,
     ),
     ModelEntry(
         name="llava-next-13b",
@@ -105,6 +111,7 @@ _ENTRIES = (
         hf_id="llava-hf/llava-v1.6-vicuna-13b-hf",
         card=ArchCard(**_VICUNA_13B, vision=CLIP_L_336, visual_tokens=2880),
         notes="anyres; 2880 = 5 x 576 nominal tokens of the VisPruner/CDPruner 672x672 protocol",
+        text_tower=CLIP_L_336_ID,
     ),
     ModelEntry(
         name="qwen2.5-vl-7b",
@@ -138,7 +145,12 @@ def get_entry(name: str) -> ModelEntry:
 
 
 def local_weights(entry: ModelEntry, cache_dir: str | Path | None = None) -> str | None:
-    """Path of a cached snapshot of `entry` that holds weights, or None.
+    """Path of a cached snapshot of `entry` that holds weights, or None."""
+    return local_snapshot(entry.hf_id, cache_dir)
+
+
+def local_snapshot(hf_id: str, cache_dir: str | Path | None = None) -> str | None:
+    """Path of a cached snapshot of `hf_id` that holds weights, or None.
 
     Looks only at the local Hugging Face cache (`local_files_only=True`): it never touches the
     network. A snapshot counts when it has at least one `*.safetensors` or `*.bin` file whose
@@ -147,7 +159,7 @@ def local_weights(entry: ModelEntry, cache_dir: str | Path | None = None) -> str
     try:
         from huggingface_hub import snapshot_download
 
-        path = snapshot_download(entry.hf_id, cache_dir=cache_dir, local_files_only=True)
+        path = snapshot_download(hf_id, cache_dir=cache_dir, local_files_only=True)
     except Exception:  # not cached, broken cache, or hub library missing: no local weights
         return None
     root = Path(path)

@@ -30,6 +30,7 @@ class Row:
     unpruned: bool = False
     infeasible: int = 0  # samples without an answer: the budget is below the method's cheapest setting
     samples: int = 0
+    max_budget_use: float = math.nan  # largest per-sample realized / allowed FLOPs (budget_stats.budget_use.max)
 
     @property
     def avg(self) -> float:
@@ -57,12 +58,15 @@ def collect(spec: Spec, store: Store) -> tuple[list[Row], list[str]]:
             slot["flops"].append((stats["tflops_paper"]["mean"], stats["samples"]))
         slot["infeasible"] += stats.get("infeasible", 0)
         slot["samples"] += stats.get("samples", 0) + stats.get("infeasible", 0)
+        if "budget_use" in stats:
+            slot["use"] = max(slot.get("use", 0.0), stats["budget_use"]["max"])
     rows = []
     for (model, label, budget), slot in acc.items():
         n = sum(w for _, w in slot["flops"])
         rows.append(Row(model, label, budget, {b: sum(v) / len(v) for b, v in slot["scores"].items()},
                         sum(f * w for f, w in slot["flops"]) / n if n else math.nan, missing=slot["missing"],
-                        unpruned=slot["unpruned"], infeasible=slot["infeasible"], samples=slot["samples"]))
+                        unpruned=slot["unpruned"], infeasible=slot["infeasible"], samples=slot["samples"],
+                        max_budget_use=slot.get("use", math.nan)))
     for row in rows:
         base = next((r for r in rows if r.model == row.model and r.unpruned), None)
         if base is None:

@@ -10,8 +10,8 @@ executor submits it through submitit, one job per group of rows.
 Under `accelerate launch --num_processes N -m repro sweep SPEC` (repro.eval.parallel) every rank
 runs `run_cells` over the same cells and each cell's evaluation is sharded across the ranks. Rank 0
 alone takes the cell locks, decides (skip / compute / recompute) and broadcasts its decision, and
-alone writes records. A DOP artifact is searched by whichever rank takes its store lock first and
-read by the others, which wait on that lock (not on a collective, so a long search hits no
+alone writes records. A fit artifact (e.g. DOP's search) is fitted by whichever rank takes its store
+lock first and read by the others, which wait on that lock (not on a collective, so a long search hits no
 process-group timeout).
 """
 
@@ -41,6 +41,7 @@ class DataSource:
     data_dir: str | None = None
     staged: str | None = None
     subset: tuple[int, int] | None = None  # paper profile: the reduced run's documents per task and seed
+    tasks: tuple[str, ...] | None = None  # paper profile: the staged tasks the sweep needs (None: all thirteen)
 
     def task_manager(self):
         from repro.eval.run import task_manager_for
@@ -51,7 +52,11 @@ class DataSource:
             data_dir = Path(self.data_dir) if self.data_dir else tinyworld.default_data_dir()
             tinyworld.build(data_dir)
             return task_manager_for(data_dir)
-        return task_manager_for(staged=self.staged, subset=self.subset)
+        if self.tasks is None:
+            return task_manager_for(staged=self.staged, subset=self.subset)
+        from repro.eval.tasks import paper_task, task_manager
+
+        return task_manager(self.staged, names=sorted({paper_task(t).name for t in self.tasks}), subset=self.subset)
 
     def subset_rows(self, task: str) -> list[int] | None:
         """Row positions of the reduced run's subset of `task` in its staged split (None: all rows)."""
@@ -99,11 +104,33 @@ def budget_stats(samples: list[dict]) -> dict:
                  for k in ("visual_attention_tokens", "visual_mlp_tokens", "visual_kv_tokens") if k in stats[0]}
     return {"samples": len(recs), "infeasible": infeasible, "tflops_paper": {"mean": float(paper.mean()), "min": float(paper.min()),
                                                    "max": float(paper.max())},
+            **per_sample_budget(recs, paper),
             "tflops_exact_mean": float(exact.mean()),
             "probe_tflops_mean": float(np.mean([s.get("probe_tflops", 0.0) for s in stats])),
             "n_tokens_mean": float(np.mean([s["n_tokens"] for s in stats])),
             "visual_tokens_mean": float(np.mean([s["visual_tokens"] for s in stats])),
             "visual_tokens_per_layer_mean": per_layer, "dead_ops": sorted({s.get("dead_ops", "") for s in stats})}
+
+
+def per_sample_budget(recs: list[dict], paper) -> dict:
+    """Per-sample realized prefill FLOPs against the unpruned model on the same input
+    (`flops_ratio`) and, under a `ratio:R` / `tflops:X` budget, realized / allowed
+    (`budget_use`: mean, max, and how many samples exceed the budget)."""
+    import numpy as np
+
+    from repro.budget import as_budget
+
+    unpruned = [r["stats"].get("unpruned_tflops") for r in recs]
+    if not all(unpruned):
+        return {}
+    ratio = paper / np.array(unpruned, dtype=float)
+    out = {"flops_ratio": {"mean": float(ratio.mean()), "max": float(ratio.max())}}
+    budget = as_budget(recs[0].get("budget")) if recs[0].get("budget") else None
+    if budget is not None and budget.kind != "tokens":
+        use = ratio / budget.value if budget.kind == "ratio" else paper / budget.value
+        out["budget_use"] = {"budget": str(budget), "mean": float(use.mean()), "max": float(use.max()),
+                             "samples_over": int((use > 1 + 1e-9).sum())}
+    return out
 
 
 class _Worker:
@@ -113,6 +140,7 @@ class _Worker:
         self.store, self.source, self.commit, self.budgets = store, source, commit, budgets
         self.models: dict[tuple, Any] = {}
         self.lms: dict[tuple, Any] = {}
+        self.n_docs: dict[str, int] = {}
         self._tm = None
 
     @property
@@ -139,10 +167,26 @@ class _Worker:
             from repro.eval.lmms_model import ReproLMM
             from repro.runner.artifacts import runtime_options
 
-            options = runtime_options(cell, self.store, self.budgets.get(cell.model, []), lambda: self.model(cell))
+            options, fit = runtime_options(cell, self.store, self.budgets.get(cell.model, []),
+                                           lambda: self.model(cell), self.source)
             args = self.model_args(cell, options)
-            self.lms[cell.group] = (ReproLMM(loaded_model=self.model(cell), **args), args)
+            self.lms[cell.group] = (ReproLMM(loaded_model=self.model(cell), **args), args, fit)
         return self.lms[cell.group]
+
+    def limit(self, cell: Cell) -> int | None:
+        """The cell's document limit, stopping before its held-out calibration documents (the task's last
+        `holdout` ones), which no method of the sweep evaluates."""
+        if not cell.holdout or cell.subset:  # a reduced run's subset never holds calibration documents
+            return cell.limit
+        from lmms_eval.tasks import get_task_dict
+
+        if cell.task not in self.n_docs:
+            self.n_docs[cell.task] = len(get_task_dict([cell.task], self.tm)[cell.task].test_docs())
+        n_docs = self.n_docs[cell.task]
+        if n_docs <= cell.holdout:
+            raise ReproError(f"{cell.task} has {n_docs} documents, all of them held out for calibration; "
+                             "calibrate on fewer samples or on another task or split")
+        return min(cell.limit if cell.limit is not None else n_docs, n_docs - cell.holdout)
 
     @staticmethod
     def model_args(cell: Cell, options: dict) -> dict:
@@ -163,9 +207,10 @@ class _Worker:
         from repro.runner import benchmarks
         from repro.runner.provenance import provenance
 
-        lm, args = self.lm(cell)
+        lm, args, fit = self.lm(cell)
+        limit = self.limit(cell)
         t0 = time.perf_counter()
-        res = evaluate(args, [cell.task], task_manager=self.tm, limit=cell.limit, lm=lm, seed=cell.seed)
+        res = evaluate(args, [cell.task], task_manager=self.tm, limit=limit, lm=lm, seed=cell.seed)
         seconds = time.perf_counter() - t0
         if res is None:
             return None
@@ -180,6 +225,10 @@ class _Worker:
                   "processes": parallel.world_size()}
         if cell.subset:
             record["subset"] = {**cell.subset, "rows": self.source.subset_rows(cell.task)}
+        if cell.holdout:
+            record["holdout"] = {"documents": cell.holdout, "limit": limit}  # calibration documents kept out
+        if fit is not None:
+            record["fit"] = fit  # the fitted artifact the cell ran with (name, sha256, calibration, excluded ids)
         self.store.write(cell.key, record, samples)
         return record
 

@@ -66,11 +66,18 @@ def missing_inputs(spec: Spec, staged: Path | None) -> list[tuple[str, str]]:
 
     missing = []
     by_name = {e.name: e for e in entries()}
+    from repro.methods.registry import method_spec
+    from repro.models.registry import local_snapshot
+
+    text_methods = [m.name for m in spec.methods if "text_tower" in getattr(method_spec(m.name), "requires", ())]
     for m in spec.models:
         entry = by_name.get(m)
         if entry is not None and local_weights(entry) is None:
             missing.append((f"weights of {m} ({entry.hf_id})",
                             f"hf download {entry.hf_id} --revision {spec.revision}  (or set HF_HOME to a staged cache)"))
+        if entry is not None and entry.text_tower and text_methods and local_snapshot(entry.text_tower) is None:
+            missing.append((f"CLIP text tower of {m} for {', '.join(text_methods)} ({entry.text_tower})",
+                            f"hf download {entry.text_tower}  (or set HF_HOME to a staged cache)"))
     root = Path(staged) if staged else Path("data/staged")
     for name in spec.tasks:
         t = paper_task(name)

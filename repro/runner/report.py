@@ -34,26 +34,30 @@ def dop_figures(spec: Spec, store: Store, figures_dir: Path | str, proxy_policie
     """For every DOP search artifact the sweep used: the single-parameter divergence curves
     (`dop-curves`) and the additive proxy vs the measured divergence scatter (`dop-proxy`)."""
     from repro.methods.dop import analyses
-    from repro.runner.artifacts import artifact_name
+    from repro.runner.artifacts import artifact_name, fit_request
     from repro.runner.spec import expand
 
     paths = []
-    cells = {artifact_name(c): c for c in expand(spec) if c.search is not None}
+    from repro.methods.dop import SearchArtifact
+
+    cells = {artifact_name(c, spec.profile): c for c in expand(spec)
+             if c.search is not None and fit_request(c, spec.profile).cls.artifact_type is SearchArtifact}
     for name, cell in cells.items():
-        artifact = store.read_artifact(name)
-        if artifact is None:
+        body = store.read_artifact(name)
+        if body is None:
             continue
-        tag = f"{artifact['model']}-{name.rsplit('-', 1)[-1]}"
+        artifact = SearchArtifact.from_dict(body, name)
+        tag = f"{artifact.model}-{name.rsplit('-', 1)[-1]}"
         if "dop-curves" in spec.figures:
             paths += analyses.write_curves(artifact, figures_dir, f"dop-curves-{tag}")
         if "dop-proxy" in spec.figures:
             import repro
             from repro.calibration import calibration_samples
 
-            cal = artifact["calibration"]
+            cal = artifact.calibration
             model = repro.load(cell.model, dtype=cell.dtype, device=cell.device, attn_implementation=cell.attn)
-            result = analyses.proxy_vs_truth(model, artifact, calibration_samples(cal["source"], len(cal["samples"])),
-                                             proxy_policies, 0)
+            samples = calibration_samples(cal.source, len(cal.samples), staged=spec.staged)
+            result = analyses.proxy_vs_truth(model, artifact, samples, proxy_policies, 0)
             paths += analyses.write_proxy_analysis(result, figures_dir, f"dop-proxy-{tag}")
     return paths
 

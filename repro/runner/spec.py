@@ -44,7 +44,7 @@ class MethodEntry:
     name: str
     options: dict = field(default_factory=dict)
     budgets: tuple[str | None, ...] = (None,)
-    search: dict | None = None  # DOP: the search that produces the artifact (run once, stored)
+    search: dict | None = None  # the method's fit on calibration data (runner/artifacts.py), run once, stored
     label: str | None = None
     model_budgets: dict = field(default_factory=dict)  # model -> budgets, where they differ per model
 
@@ -105,6 +105,7 @@ class Cell:
     revision: str = "main"  # hub revision; already part of model_revision
     budget_label: str = ""  # how the spec wrote the budget, e.g. flops-of-tokens:64 for ratio:0.2371
     subset: dict | None = None  # the reduced run's {"docs", "seed"}; None: every document
+    holdout: int = 0  # last documents of the task's split kept out: a fit of this sweep calibrates on them
 
     @property
     def budget_shown(self) -> str:
@@ -114,7 +115,7 @@ class Cell:
     def config(self) -> dict:
         d = asdict(self)
         d.pop("device"), d.pop("label"), d.pop("revision"), d.pop("budget_label")
-        for optional in ("model_options", "subset"):
+        for optional in ("model_options", "subset", "holdout"):
             if not d[optional]:
                 d.pop(optional)  # cells without them keep the keys they had before they existed
         return d
@@ -348,9 +349,9 @@ def check_spec(spec: Spec) -> None:
         if entry.name == UNPRUNED:
             continue
         if entry.search is not None:
-            from repro.runner.artifacts import search_options
+            from repro.runner.artifacts import fit_request
 
-            search_options(entry, spec.path)  # raises on bad search options
+            fit_request(entry, spec.profile, spec.path)  # raises on a method without a fit step, bad keys
             continue
         for budget in {b for m in spec.models for b in entry.budgets_for(m)}:
             try:
@@ -394,8 +395,11 @@ def task_version(task: str, profile: str) -> str:
 
 def expand(spec: Spec) -> list[Cell]:
     """All cells of a spec, in a stable order (model, method, budget, seed, task)."""
+    from repro.runner.artifacts import calibration_holdout
+
     harness = harness_version()
     versions = {t: task_version(t, spec.profile) for t in spec.tasks}
+    holdout = calibration_holdout(spec)  # every method skips the documents a fit calibrates on
     cells = []
     for model in spec.models:
         rev = model_revision(model, spec.revision)
@@ -410,7 +414,7 @@ def expand(spec: Spec) -> list[Cell]:
                                           device=spec.device, label=entry.display,
                                           model_options=spec.model_options.get(model, {}),
                                           revision=spec.revision, budget_label=budget_label,
-                                          subset=spec.subset))
+                                          subset=spec.subset, holdout=holdout.get(task, 0)))
     return cells
 
 

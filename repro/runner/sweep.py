@@ -59,7 +59,7 @@ def run_sweep(spec: Spec, store_root: Path | str, *, executor: str = "local", sl
     say(f"sweep {spec.path}: {len(cells)} cells, {len(cells) - len(pending)} finished, {len(pending)} to compute "
           f"(store {store.root})", flush=True)
     source = DataSource(spec.profile, str(data_dir) if data_dir else None, str(staged) if staged else None,
-                        (spec.subset["docs"], spec.subset["seed"]) if spec.subset else None)
+                        (spec.subset["docs"], spec.subset["seed"]) if spec.subset else None, tuple(spec.tasks))
     if not pending:
         outcome = Outcome(skipped=[c.key for c in cells])
     elif executor == "slurm":

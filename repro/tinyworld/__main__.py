@@ -39,12 +39,19 @@ def _parser() -> argparse.ArgumentParser:
     from .train import add_arguments
 
     add_arguments(sub.add_parser("train", help="train the tinyworld-llava checkpoint on the train splits"))
+    from .text_tower import add_arguments as text_tower_arguments
+
+    text_tower_arguments(sub.add_parser("text-tower", help="train tinyworld-llava's CLIP-style text tower (CDPruner, TRIM)"))
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
+    if args.command == "text-tower":
+        from .text_tower import run as run_text_tower
+
+        return run_text_tower(args, argv[1:])
     if args.command == "train":
         from .train import run
 

@@ -31,34 +31,28 @@ def parameter_names(groups: list[str]) -> list[str]:
     return ["n_visual"] + [f"{p}.{g}" for g in groups for p in DEPTH_PARAMETERS]
 
 
-def group_counts(artifact: dict) -> np.ndarray:
+def group_counts(artifact) -> np.ndarray:
     """Integer tokens per group at every n_v in 0..n_max: array [n_max + 1, G] (layout in group 0)."""
-    shape = artifact["shape"]
-    points, counts = np.array(shape["group_tokens"]["points"]), np.array(shape["group_tokens"]["counts"], dtype=float)
-    n_visual = np.arange(shape["n_visual_max"] + 1)
+    shape = artifact.shape
+    points, counts = np.array(shape.group_tokens.points), np.array(shape.group_tokens.counts, dtype=float)
+    n_visual = np.arange(shape.n_visual_max + 1)
     per_group = np.stack([np.interp(n_visual, points, counts[:, g]) for g in range(counts.shape[1])], -1)
-    total = n_visual + round(shape["n_layout"])
+    total = n_visual + round(shape.n_layout)
     cumulative = np.minimum(np.round(np.cumsum(per_group, -1)), total[:, None]).astype(np.int64)
     cumulative[:, -1] = total
     return np.diff(cumulative, axis=-1, prepend=0)
 
 
-def curves(artifact: dict) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray], float]:
+def curves(artifact) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray], float]:
     """Interpolated curves: D_v over n_v, and D_A, D_P of each group over depth; and D(θ₀)."""
-    from repro.methods.dop.search import interpolate
+    from repro.methods.dop.search import curve
 
-    method, L, n_max = artifact["options"]["interpolation"], artifact["layers"], artifact["shape"]["n_visual_max"]
-
-    def curve(name: str, size: int) -> np.ndarray:
-        c = artifact["curves"][name]
-        return interpolate(c["points"], c["values"], size, method)
-
-    groups = artifact["groups"]
-    return (curve("n_visual", n_max + 1), [curve(f"attention_depth.{g}", L + 1) for g in groups],
-            [curve(f"mlp_depth.{g}", L + 1) for g in groups], artifact["reference_divergence"])
+    groups = artifact.groups
+    return (curve(artifact, "n_visual"), [curve(artifact, f"attention_depth.{g}") for g in groups],
+            [curve(artifact, f"mlp_depth.{g}") for g in groups], artifact.reference_divergence)
 
 
-def estimate(artifact: dict, policies: list[Policy]) -> np.ndarray:
+def estimate(artifact, policies: list[Policy]) -> np.ndarray:
     """D̂ = Σ_p D_p(θ_p) − (P − 1)·D(θ₀) for each policy."""
     d_v, d_a, d_p, d0 = curves(artifact)
     n_params = 1 + 2 * len(d_a)
@@ -66,19 +60,19 @@ def estimate(artifact: dict, policies: list[Policy]) -> np.ndarray:
                      - (n_params - 1) * d0 for pol in policies])
 
 
-def policy_cost(artifact: dict, card, policy: Policy) -> int:
+def policy_cost(artifact, card, policy: Policy) -> int:
     """Prefill FLOPs (paper convention) of a per-group policy on the calibration set's mean shape."""
     counts = group_counts(artifact)[policy.n_visual]
     depths = np.array(policy.depths)
-    return int(grouped_flops(card, round(artifact["shape"]["n_other"]), counts, depths[:, 0], depths[:, 1], "paper",
-                             artifact["options"]["mha_semantics"]))
+    return int(grouped_flops(card, round(artifact.shape.n_other), counts, depths[:, 0], depths[:, 1], "paper",
+                             artifact.options.mha_semantics))
 
 
-def best_policy(artifact: dict, card, ceiling: float, chunk: int = 32) -> tuple[Policy, float] | None:
+def best_policy(artifact, card, ceiling: float, chunk: int = 32) -> tuple[Policy, float] | None:
     """The canonical per-group policy with the smallest D̂ whose FLOPs are ≤ `ceiling` (None: none is)."""
     d_v, d_a, d_p, d0 = curves(artifact)
-    semantics, L = artifact["options"]["mha_semantics"], artifact["layers"]
-    n_other, counts = round(artifact["shape"]["n_other"]), group_counts(artifact)
+    semantics, L = artifact.options.mha_semantics, artifact.layers
+    n_other, counts = round(artifact.shape.n_other), group_counts(artifact)
     G = len(d_a)
     depth = np.arange(L + 1)
     bound = np.asarray(mlp_depth_bound(depth, L, semantics))

@@ -20,11 +20,10 @@ they change (the engine's `Prefix`), so they skip the shared prefix.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -36,63 +35,30 @@ from repro.budget import Budget, as_budget
 from repro.engine import Prefix
 from repro.errors import ReproError
 from repro.methods.dop import grouped
+from repro.methods.dop.artifact import Choice, Curve, GroupTokens, SearchArtifact, SearchOptions, Shape
 from repro.methods.dop.policy import (
-    MHA_SEMANTICS,
     Policy,
     effective_mlp_depth,
     flops_grid,
     mlp_depth_bound,
     policy_schedule,
 )
+from repro.methods.fitting import Calibration, as_artifact
 from repro.methods.registry import method as build_method
+from repro.methods.registry import method_spec
+
+
+def reducer_options(reducer: str, options: dict) -> dict:
+    """The reducer's options under DOP: a reducer whose default on LLaVA-NeXT is the official
+    all-crop-patches packing runs on the model's own sequence (unpadded, newline tokens kept), which
+    DOP's FLOPs model and search describe (`n_layout`), unless the options say otherwise."""
+    spec = method_spec(reducer)
+    if spec is not None and "full_crops" in spec.faithful_options():
+        return {"full_crops": False, **options}
+    return dict(options)
 
 log = logging.getLogger(__name__)
-ARTIFACT_FORMAT = "repro-dop-search/1"
 PARAMETERS = ("n_visual", "attention_depth", "mlp_depth")
-KL_DIRECTIONS = ("forward", "reverse")
-INTERPOLATIONS = ("linear", "pchip")
-GROUPS = ("single", "reducer")
-
-
-@dataclass(frozen=True)
-class SearchOptions:
-    """Every option that changes a search's result (recorded in, and checked against, the artifact)."""
-
-    reducer: str = "vispruner"
-    reducer_options: dict = field(default_factory=dict)
-    mha_semantics: str = "drop"
-    kl_direction: str = "forward"
-    kl_tokens: int = 1
-    interpolation: str = "linear"
-    groups: str = "single"
-    depth_step: int = 4
-    visual_points: int = 8
-    prefix_cache: bool = True  # resume depth sweeps from the reference's hidden states (speed only)
-
-    def check(self) -> None:
-        if self.mha_semantics not in MHA_SEMANTICS:
-            raise ReproError(f"mha_semantics must be one of {MHA_SEMANTICS}")
-        if self.kl_direction not in KL_DIRECTIONS:
-            raise ReproError(f"kl_direction must be one of {KL_DIRECTIONS}")
-        if self.interpolation not in INTERPOLATIONS:
-            raise ReproError(f"interpolation must be one of {INTERPOLATIONS}")
-        if self.groups not in GROUPS:
-            raise ReproError(f"groups must be one of {GROUPS}")
-        if self.kl_tokens < 1 or self.depth_step < 1 or self.visual_points < 2:
-            raise ReproError("need kl_tokens >= 1, depth_step >= 1 and visual_points >= 2")
-
-    def as_dict(self) -> dict:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
-
-    def group_names(self) -> list[str]:
-        """The visual groups a policy has depths for: ["visual"], or the reducer's token groups."""
-        if self.groups == "single":
-            return ["visual"]
-        names = list(build_method(self.reducer, "tokens:1", **self.reducer_options).token_groups)
-        if not names:
-            raise ReproError(f"reducer {self.reducer!r} defines no token groups; use groups='single' "
-                             "(or a reducer with groups, e.g. vispruner: important, diverse)")
-        return names
 
 
 def kl(reference: torch.Tensor, logprobs: torch.Tensor, direction: str) -> float:
@@ -159,7 +125,7 @@ class SampleRunner:
 
     def _reduced(self, n_visual: int):
         opts, model = self.options, self.model
-        reducer = build_method(opts.reducer, f"tokens:{n_visual}", **opts.reducer_options)
+        reducer = build_method(opts.reducer, f"tokens:{n_visual}", **reducer_options(opts.reducer, opts.reducer_options))
         seq = model.assemble(self.prepared, reducer.reduce(model, self.prepared, self.visual),
                              reducer.position_mode(model))
         if opts.groups == "reducer" and seq.visual_groups is None:
@@ -211,7 +177,7 @@ def sweep_policies(points: dict[str, list[int]], n_max: int, n_layers: int, grou
 
 
 def search(model, samples: Iterable, budgets: list[str], options: SearchOptions | None = None, *,
-           source: str = "", progress: bool = True) -> dict:
+           source: str = "", excluded: tuple[str, ...] = (), progress: bool = True) -> SearchArtifact:
     """Run the additive search over `samples` ((id, images, question) items); returns the artifact."""
     options = options or SearchOptions()
     options.check()
@@ -219,6 +185,7 @@ def search(model, samples: Iterable, budgets: list[str], options: SearchOptions 
     if not samples:
         raise ReproError("the search needs at least one calibration sample")
     L = model.card.layers
+    options = options.resolved(L)
     groups = options.group_names()
     start = time.perf_counter()
     shapes: list[tuple[int, int, int]] = []  # per sample: non-visual tokens, layout tokens, forward/layer passes
@@ -251,58 +218,58 @@ def search(model, samples: Iterable, budgets: list[str], options: SearchOptions 
         del runner  # its cached prefix states are large on real models; keep only the numbers
     mean = {k: np.mean(np.array(v), axis=0).tolist() for k, v in values.items()}
     n_other, n_layout, passes, layer_passes = np.array(shapes, dtype=float).T
-    shape = {"n_visual_max": n_max, "n_other": float(n_other.mean()), "n_layout": float(n_layout.mean())}
+    tokens = None
     if options.groups == "reducer":  # mean tokens per group at each sampled n_v (layout tokens in group 0)
-        shape["group_tokens"] = {"points": points["n_visual"],
-                                 "counts": np.mean(np.array(group_tokens, dtype=float), axis=0).tolist()}
-    artifact = {
-        "format": ARTIFACT_FORMAT,
-        "model": model.name,
-        "layers": L,
-        "options": options.as_dict(),
-        "groups": groups,
-        "calibration": {"source": source, "samples": [s.id for s in samples]},
-        "shape": shape,
-        "curves": {name: {"points": points[name.split(".")[0]], "values": mean[name]}
-                   for name in mean if name != "reference"},
-        "reference_divergence": mean["reference"][0],
-        "forward_passes": int(passes.sum()),
-        "layer_passes": int(layer_passes.sum()),
-        "seconds": time.perf_counter() - start,
-    }
-    artifact["budgets"] = [choose(artifact, model.card, b) for b in budgets]
-    return artifact
+        counts = np.mean(np.array(group_tokens, dtype=float), axis=0).tolist()
+        tokens = GroupTokens(tuple(points["n_visual"]), tuple(tuple(c) for c in counts))
+    artifact = SearchArtifact(
+        model=model.name, layers=L, options=options, groups=tuple(groups),
+        calibration=Calibration(source, tuple(s.id for s in samples), tuple(excluded)),
+        shape=Shape(n_max, float(n_other.mean()), float(n_layout.mean()), tokens),
+        curves={name: Curve(tuple(points[name.split(".")[0]]), tuple(mean[name])) for name in mean if name != "reference"},
+        reference_divergence=mean["reference"][0], forward_passes=int(passes.sum()),
+        layer_passes=int(layer_passes.sum()), seconds=time.perf_counter() - start)
+    return replace(artifact, budgets=tuple(choose(artifact, model.card, b) for b in budgets))
 
 
-def predicted_divergence(artifact: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+def curve(artifact: SearchArtifact, name: str) -> np.ndarray:
+    """The interpolated curve of parameter `name` over its whole integer range."""
+    c = artifact.curves[name]
+    size = artifact.shape.n_visual_max + 1 if name == "n_visual" else artifact.layers + 1
+    return interpolate(list(c.points), list(c.values), size, artifact.options.interpolation)
+
+
+def predicted_divergence(artifact: SearchArtifact) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """The interpolated single-parameter curves over their integer ranges, and D(θ₀)."""
-    curves, method = artifact["curves"], artifact["options"]["interpolation"]
-    n_max, L = artifact["shape"]["n_visual_max"], artifact["layers"]
-    d_v = interpolate(curves["n_visual"]["points"], curves["n_visual"]["values"], n_max + 1, method)
-    d_a = interpolate(curves["attention_depth"]["points"], curves["attention_depth"]["values"], L + 1, method)
-    d_p = interpolate(curves["mlp_depth"]["points"], curves["mlp_depth"]["values"], L + 1, method)
-    return d_v, d_a, d_p, artifact["reference_divergence"]
+    return (curve(artifact, "n_visual"), curve(artifact, "attention_depth"), curve(artifact, "mlp_depth"),
+            artifact.reference_divergence)
 
 
-def additive_estimate(artifact: dict) -> np.ndarray:
+def additive_estimate(artifact: SearchArtifact) -> np.ndarray:
     """D̂ for every single-group policy: array [n_visual, D_A, D_P]."""
     d_v, d_a, d_p, d0 = predicted_divergence(artifact)
     return d_v[:, None, None] + d_a[None, :, None] + d_p[None, None, :] - 2 * d0
 
 
-def choose(artifact: dict, card, budget: Budget | str) -> dict:
+def unpruned_flops(artifact: SearchArtifact, card) -> int:
+    """Prefill FLOPs (paper convention) of the unpruned model on the calibration mean shape."""
+    shape = artifact.shape
+    return flops.unpruned_prefill_flops(card, round(shape.n_other + shape.n_visual_max + shape.n_layout), "paper")
+
+
+def choose(artifact: SearchArtifact, card, budget: Budget | str) -> Choice:
     """The feasible policy with the smallest D̂ under `budget` (analytic, no forward passes)."""
     budget = as_budget(budget)
     if budget.kind == "tokens":
         raise ReproError("DOP budgets are FLOPs budgets: use ratio:R or tflops:X")
-    shape, semantics = artifact["shape"], artifact["options"]["mha_semantics"]
-    L, n_max = artifact["layers"], shape["n_visual_max"]
-    unpruned = flops.unpruned_prefill_flops(card, round(shape["n_other"] + n_max + shape["n_layout"]), "paper")
+    shape, semantics = artifact.shape, artifact.options.mha_semantics
+    L, n_max = artifact.layers, shape.n_visual_max
+    unpruned = unpruned_flops(artifact, card)
     ceiling = budget.max_flops(unpruned)
-    if artifact["options"].get("groups", "single") == "reducer":
+    if artifact.grouped:
         return _choose_grouped(artifact, card, budget, ceiling, unpruned)
     n_visual = np.arange(n_max + 1)
-    cost = flops_grid(card, shape["n_other"], n_visual + round(shape["n_layout"]), "paper", semantics)
+    cost = flops_grid(card, shape.n_other, n_visual + round(shape.n_layout), "paper", semantics)
     # layout tokens (LLaVA-NeXT newlines) follow the visual depths, so they count with n_visual
     estimate = additive_estimate(artifact)
     depth = np.arange(L + 1)
@@ -314,54 +281,43 @@ def choose(artifact: dict, card, budget: Budget | str) -> dict:
                          f"> {ceiling / 1e12:.4g} allowed (on the calibration set's mean shape)")
     score = np.where(feasible, estimate, np.inf)
     n, a, p = np.unravel_index(np.argmin(score), score.shape)
-    return {"budget": str(budget), "policy": Policy.single(int(n), int(a), int(p)).as_dict(),
-            "predicted_divergence": float(score[n, a, p]), "tflops": float(cost[n, a, p]) / 1e12,
-            "ratio": float(cost[n, a, p] / unpruned)}
+    return Choice(str(budget), Policy.single(int(n), int(a), int(p)), float(score[n, a, p]),
+                  float(cost[n, a, p]) / 1e12, float(cost[n, a, p] / unpruned))
 
 
-def policy_flops(artifact: dict, card, policy: Policy) -> tuple[float, float]:
+def policy_flops(artifact: SearchArtifact, card, policy: Policy) -> tuple[float, float]:
     """(prefill FLOPs of `policy`, of the unpruned model), `paper` convention, on the artifact's
     calibration mean shape; n_visual is capped at what the images have."""
-    shape, semantics = artifact["shape"], artifact["options"]["mha_semantics"]
-    n_max = shape["n_visual_max"]
-    policy = Policy(min(policy.n_visual, n_max), policy.depths)
-    unpruned = flops.unpruned_prefill_flops(card, round(shape["n_other"] + n_max + shape["n_layout"]), "paper")
-    if artifact["options"].get("groups", "single") == "reducer":
+    shape, semantics = artifact.shape, artifact.options.mha_semantics
+    policy = Policy(min(policy.n_visual, shape.n_visual_max), policy.depths)
+    unpruned = unpruned_flops(artifact, card)
+    if artifact.grouped:
         return float(grouped.policy_cost(artifact, card, policy)), float(unpruned)
     (a, p), = policy.depths
-    grid = flops_grid(card, shape["n_other"], np.array([policy.n_visual + round(shape["n_layout"])]), "paper", semantics)
+    grid = flops_grid(card, shape.n_other, np.array([policy.n_visual + round(shape.n_layout)]), "paper", semantics)
     return float(grid[0, a, p]), float(unpruned)
 
 
-def _choose_grouped(artifact: dict, card, budget: Budget, ceiling: float, unpruned: int) -> dict:
+def _choose_grouped(artifact: SearchArtifact, card, budget: Budget, ceiling: float, unpruned: int) -> Choice:
     found = grouped.best_policy(artifact, card, ceiling)
     if found is None:
-        cheapest = grouped.policy_cost(artifact, card, Policy(0, ((0, 0),) * len(artifact["groups"])))
+        cheapest = grouped.policy_cost(artifact, card, Policy(0, ((0, 0),) * len(artifact.groups)))
         raise ReproError(f"no DOP policy meets {budget}: the cheapest costs {cheapest / 1e12:.4g} TFLOPs "
                          f"> {ceiling / 1e12:.4g} allowed (on the calibration set's mean shape)")
     policy, score = found
     cost = grouped.policy_cost(artifact, card, policy)
-    return {"budget": str(budget), "policy": policy.as_dict(), "predicted_divergence": score,
-            "tflops": cost / 1e12, "ratio": cost / unpruned}
+    return Choice(str(budget), policy, float(score), cost / 1e12, cost / unpruned)
 
 
-def save_artifact(artifact: dict, path: Path | str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(artifact, indent=2))
-    tmp.replace(path)
-    return path
+def save_artifact(artifact: SearchArtifact, path: Path | str) -> Path:
+    return artifact.save(path)
 
 
-def load_artifact(path: Path | str) -> dict:
-    path = Path(path)
+def load_artifact(path: Path | str | SearchArtifact) -> SearchArtifact:
+    """A search artifact from its JSON file (or itself); a missing, damaged or stale file is a ReproError."""
     try:
-        artifact = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ReproError(f"no DOP artifact at {path}; create one with `python -m repro search dop ...`") from None
-    except json.JSONDecodeError as err:
-        raise ReproError(f"DOP artifact {path} is corrupt ({err}); rerun the search") from None
-    if artifact.get("format") != ARTIFACT_FORMAT:
-        raise ReproError(f"{path} is not a DOP search artifact (format {artifact.get('format')!r})")
-    return artifact
+        return as_artifact(SearchArtifact, path)
+    except ReproError as err:
+        if isinstance(path, (str, Path)) and not Path(path).exists():
+            raise ReproError(f"no DOP artifact at {path}; create one with `python -m repro search dop ...`") from None
+        raise err

@@ -7,7 +7,7 @@
   rescaled by L_target / L_source, `Policy.rescaled`; n_v kept, capped at the target's visual
   tokens) vs the policy searched on the target directly, by true KL on held-out target samples.
 
-Each search runs separately and is timed by the search itself (`artifact["seconds"]`).
+Each search runs separately and is timed by the search itself (`artifact.seconds`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import numpy as np
 from repro.errors import ReproError
 from repro.methods.dop.outputs import write_csv
 from repro.methods.dop.policy import Policy
-from repro.methods.dop.search import SampleRunner, SearchOptions, policy_flops, search
+from repro.methods.dop.artifact import SearchArtifact, SearchOptions
+from repro.methods.dop.search import SampleRunner, policy_flops, search
 from repro.report.figures import pyplot, save
 
 
@@ -45,12 +46,12 @@ def split_samples(samples: list, n_calibration: int, n_heldout: int) -> tuple[li
     return samples[:n_calibration], samples[n_calibration:n_calibration + n_heldout]
 
 
-def reducer_alone(artifact: dict, card, ratio: float) -> Policy:
+def reducer_alone(artifact: SearchArtifact, card, ratio: float) -> Policy:
     """The reducer by itself at DOP's compute: every operation in every layer, with the most visual
     tokens whose FLOPs ratio stays within `ratio` (the baseline DOP must beat at equal TFLOPs)."""
-    n_groups = len(artifact.get("groups") or [None])
+    n_groups = len(artifact.groups)
     full = ((card.layers, card.layers),) * n_groups
-    for n in range(artifact["shape"]["n_visual_max"], -1, -1):
+    for n in range(artifact.shape.n_visual_max, -1, -1):
         cost, unpruned = policy_flops(artifact, card, Policy(n, full))
         if cost <= ratio * unpruned * (1 + 1e-9):
             return Policy(n, full)
@@ -66,13 +67,13 @@ def samples_study(model, samples: list, counts: list[int], n_heldout: int, budge
     rows = []
     for count in counts:
         artifact = search(model, pool[:count], budgets, options, source=source, progress=progress)
-        for chosen in artifact["budgets"]:
-            alone = reducer_alone(artifact, model.card, chosen["ratio"])
+        for chosen in artifact.budgets:
+            alone = reducer_alone(artifact, model.card, chosen.ratio)
             alone_cost, unpruned = policy_flops(artifact, model.card, alone)
-            rows.append({"model": model.name, "samples": count, "seconds": artifact["seconds"],
-                         "forward_passes": artifact["forward_passes"], "budget": chosen["budget"],
-                         "policy": json.dumps(chosen["policy"]), "predicted_kl": chosen["predicted_divergence"],
-                         "ratio": chosen["ratio"], "heldout_kl": truth.divergence(Policy.from_dict(chosen["policy"])),
+            rows.append({"model": model.name, "samples": count, "seconds": artifact.seconds,
+                         "forward_passes": artifact.forward_passes, "budget": chosen.budget,
+                         "policy": json.dumps(chosen.policy.as_dict()), "predicted_kl": chosen.predicted_divergence,
+                         "ratio": chosen.ratio, "heldout_kl": truth.divergence(chosen.policy),
                          "reducer_alone_n_visual": alone.n_visual,
                          "reducer_alone_ratio": alone_cost / unpruned,
                          "reducer_alone_kl": truth.divergence(alone), "heldout_samples": len(heldout)})
@@ -91,11 +92,10 @@ def transfer_study(source_model, target_model, samples: list, n_calibration: int
     target_art = searched[target_model.name]
     L_s, L_t = source_model.card.layers, target_model.card.layers
     rows = []
-    for chosen_s, chosen_t in zip(searched[source_model.name]["budgets"], target_art["budgets"]):
-        for kind, policy in (("transferred", Policy.from_dict(chosen_s["policy"]).rescaled(L_s, L_t)),
-                             ("direct", Policy.from_dict(chosen_t["policy"]))):
+    for chosen_s, chosen_t in zip(searched[source_model.name].budgets, target_art.budgets):
+        for kind, policy in (("transferred", chosen_s.policy.rescaled(L_s, L_t)), ("direct", chosen_t.policy)):
             cost, unpruned = policy_flops(target_art, target_model.card, policy)
-            rows.append({"source": source_model.name, "target": target_model.name, "budget": chosen_t["budget"],
+            rows.append({"source": source_model.name, "target": target_model.name, "budget": chosen_t.budget,
                          "policy_kind": kind, "policy": json.dumps(policy.as_dict()), "target_ratio": cost / unpruned,
                          "heldout_kl": truth.divergence(policy), "calibration_samples": n_calibration,
                          "heldout_samples": n_heldout})
