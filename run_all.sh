@@ -75,4 +75,7 @@ if [[ "$DRY_RUN" == 1 ]]; then
     echo "dry run: $(printf '%q ' "${CMD[@]}")"
     exit 0
 fi
-"${CMD[@]}"
+status=0
+"${CMD[@]}" || status=$?
+echo "run_all.sh: table $TABLE ($PROFILE profile) finished in ${SECONDS} s, exit $status"
+exit $status

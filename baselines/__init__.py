@@ -1,3 +1,5 @@
 """The baselines, one module each, built on repro's Method interface; importing registers them."""
 
-from baselines import cdpruner, divprune, fastv, prumerge_plus, resize, trim, visionzip, vispruner  # noqa: F401
+from baselines import (  # noqa: F401
+    cdpruner, dart, divprune, fastv, fitprune, pdrop, prumerge_plus, resize, sparsevlm, trim, visionzip, vispruner,
+)

@@ -17,6 +17,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from repro.errors import ReproError
+from repro.report.text import fmt, plain_table
 
 if TYPE_CHECKING:
     from repro.budget import Budget
@@ -60,14 +61,6 @@ def _positive_int(text: str) -> int:
     return _whole_number(text, 1)
 
 
-def _format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Left-aligned plain-text table."""
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    lines = ["  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip() for line in (header, *rows)]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
 # --- models ---------------------------------------------------------------------------------
 
 
@@ -87,7 +80,7 @@ def _run_models(args: argparse.Namespace) -> int:
     from repro.models.shipped import listing_rows
 
     rows += listing_rows()  # checkpoints trained here and shipped in the package (tinyworld-llava)
-    print(_format_table(header, rows))
+    print(plain_table(header, rows))
     return 0
 
 
@@ -95,8 +88,7 @@ def _run_models(args: argparse.Namespace) -> int:
 
 
 def _configure_flops(parser: argparse.ArgumentParser) -> None:
-    from repro.flops import CONVENTIONS
-    from repro.flops_table import DEFAULT_TEXT_TOKENS
+    from repro.flops import CONVENTIONS, DEFAULT_TEXT_TOKENS
 
     parser.add_argument(
         "--model",
@@ -156,8 +148,8 @@ def _run_flops(args: argparse.Namespace) -> int:
     budget = as_budget(args.budget)
     models = _selected_models(args.model)
     if args.table:
-        from repro.flops_table import write_flops_table
         from repro.paths import check_output_dir
+        from repro.report.flops import write_flops_table
 
         check_output_dir(args.out, "--out")
         for path in write_flops_table(args.out, models, args.text_tokens):
@@ -201,7 +193,7 @@ def _run_flops(args: argparse.Namespace) -> int:
         header.append(f"{budget} TFLOPs")
         for row, r in zip(rows, records):
             row.append(f"{r['budget_tflops']:.2f}")
-    print(_format_table(header, rows))
+    print(plain_table(header, rows))
     return 0
 
 
@@ -216,7 +208,7 @@ def _run_methods(args: argparse.Namespace) -> int:
     from repro.methods import specs
 
     rows = [(s.name, s.stage, s.knob, s.reference) for s in specs()]
-    print(_format_table(("method", "stage", "tokens:N means", "reference"), rows))
+    print(plain_table(("method", "stage", "tokens:N means", "reference"), rows))
     print("\nfaithful defaults (the official code's settings) and harness variants:")
     for spec in specs():
         defaults = ", ".join(f"{k}={v!r}" for k, v in spec.faithful_options().items())
@@ -448,10 +440,6 @@ def _run_search_study(args: argparse.Namespace) -> list:
 
 # --- latency --------------------------------------------------------------------------------
 
-LATENCY_COLUMNS = ["model", "method", "budget", "tflops", "prefill_ms", "prefill_iqr_ms", "tflops_reduction_pct",
-                   "latency_reduction_pct", "latency_per_tflops_reduction", "end_to_end_ms", "device"]
-
-
 def _configure_latency(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spec", default=None,
                         help="a latency spec (sweeps/<profile>/latency.yaml): its keys set the options not given here")
@@ -516,9 +504,14 @@ def _option_types(command: str) -> dict:
 def _run_latency(args: argparse.Namespace) -> int:
     args = _apply_latency_spec(args)
     import repro
-    from repro.latency import check_device, default_image_size, measure_cells, synthetic_image, table_rows
+    from repro.latency import (
+        check_device,
+        default_image_size,
+        measure_cells,
+        synthetic_image,
+    )
     from repro.models.geometry import parse_image_size
-    from repro.report.tables import write_table
+    from repro.report.latency_table import COLUMNS, table_rows, write_latency_table
 
     check_device(args.device)
     if args.out:
@@ -545,11 +538,11 @@ def _run_latency(args: argparse.Namespace) -> int:
     records = measure_cells(model, [image], question, cells, device=args.device, repeats=args.repeats,
                             warmup=args.warmup, answer_tokens=args.answer_tokens)
     rows = table_rows(records)
-    print(_format_table(LATENCY_COLUMNS[:-1], [[_fmt(r.get(c, "")) for c in LATENCY_COLUMNS[:-1]] for r in rows]))
+    print(plain_table(COLUMNS[:-1], [[fmt(r.get(c, "")) for c in COLUMNS[:-1]] for r in rows]))
     print(f"device: {rows[0]['device']}; {args.repeats} repeats, medians", file=sys.stderr)
     if args.out:
         caption = f"prefill latency, {rows[0]['device']}, image {size[0]}x{size[1]}, {args.repeats} repeats (median)"
-        for path in write_table(rows, LATENCY_COLUMNS, args.out, "latency", caption):
+        for path in write_latency_table(rows, args.out, caption):
             print(f"wrote {path}")
         records_path = Path(args.out) / "latency_records.json"
         records_path.write_text(json.dumps([r.as_dict() for r in records], indent=2))
@@ -561,10 +554,6 @@ def _read_image(path: str):
     from repro.models.model import read_image
 
     return read_image(path)
-
-
-def _fmt(value) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 # --- sweep / tables / check ---------------------------------------------------------------
@@ -594,12 +583,20 @@ def _configure_sweep(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tables", default=None, help="table folder (default paper_tables/<profile>)")
     parser.add_argument("--figures", default=None, help="figure folder (default results/<profile>/figures)")
     parser.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: the spec's `threads`)")
+    parser.add_argument("--workers", type=_positive_int, default=None,
+                        help="local executor: worker processes, one thread each when several (default: the spec's "
+                             "`workers`, else one per available core on a CPU, one on an accelerator)")
+    parser.add_argument("--encode-cache-mb", type=_non_negative_int, default=None,
+                        help="each worker's cache of image encodings, in MiB (default 1024; 0 turns it off)")
+    parser.add_argument("--batch-size", type=_positive_int, default=1,
+                        help="samples packed into one pass (equal to 1 up to fp32 rounding; 1 on a CPU: packing "
+                             "does not pay there)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and the missing inputs; compute nothing")
+    parser.add_argument("--allow-missing", action="store_true", help="exit 0 even when the table has incomplete rows")
 
 
 def _run_sweep(args: argparse.Namespace) -> int:
     from repro.runner.plan import make_plan
-    from repro.runner.report import default_figures_dir, default_tables_dir, write_reports
     from repro.runner.spec import load_spec
     from repro.runner.store import Store
     from repro.runner.sweep import default_store, run_sweep
@@ -612,24 +609,24 @@ def _run_sweep(args: argparse.Namespace) -> int:
         print("\n".join(plan.lines()))
         return 0
     from repro.paths import check_output_dir
+    from repro.report.sweep import default_figures_dir, default_tables_dir
     from repro.runner.executors import SlurmOptions
 
-    tables = check_output_dir(args.tables or default_tables_dir(spec.profile), "--tables")
-    figures = check_output_dir(args.figures or default_figures_dir(spec.profile), "--figures")
+    check_output_dir(args.tables or default_tables_dir(spec.profile), "--tables")
+    check_output_dir(args.figures or default_figures_dir(spec.profile), "--figures")
     store = Path(args.store) if args.store else default_store(spec.profile)
     slurm = SlurmOptions(partition=args.slurm_partition, account=args.slurm_account, qos=args.slurm_qos,
                          constraint=args.slurm_constraint, mem_gb=args.slurm_mem_gb, gpus_per_job=args.gpus_per_job,
                          cpus_per_job=args.cpus_per_job, timeout_min=args.slurm_timeout_min,
                          rows_per_job=args.rows_per_job, cluster=args.slurm_cluster)
     run_sweep(spec, store, executor=args.executor, slurm=slurm, data_dir=args.data_dir, staged=staged,
-              threads=args.threads)
+              threads=args.threads, workers=args.workers, encode_cache_mb=args.encode_cache_mb,
+              batch_size=max(1, args.batch_size))
     from repro.eval.parallel import is_main
 
     if not is_main():  # a non-zero rank under `accelerate launch`: rank 0 writes the reports
         return 0
-    for path in write_reports(spec, Store(store), tables, figures):
-        print(f"wrote {path}")
-    return 0
+    return _report(spec, Store(store), args, data_dir=args.data_dir, staged=staged)
 
 
 def _configure_tables(parser: argparse.ArgumentParser) -> None:
@@ -637,23 +634,49 @@ def _configure_tables(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", default=None, help="results store (default results/<profile>/store)")
     parser.add_argument("--tables", default=None, help="table folder (default paper_tables/<profile>)")
     parser.add_argument("--figures", default=None, help="figure folder (default results/<profile>/figures)")
+    parser.add_argument("--data-dir", default=None, help="tiny profile: tiny-world data (default: the per-user cache)")
+    parser.add_argument("--staged", default=None, help="paper profile: staged datasets (default: the spec's)")
+    parser.add_argument("--allow-missing", action="store_true",
+                        help="exit 0 even when cells are missing (their rows are still marked incomplete)")
 
 
 def _run_tables(args: argparse.Namespace) -> int:
-    from repro.runner.report import default_figures_dir, default_tables_dir, write_reports
+    from repro.paths import check_output_dir
+    from repro.report.sweep import default_figures_dir, default_tables_dir
     from repro.runner.spec import load_spec
     from repro.runner.store import Store
     from repro.runner.sweep import default_store
 
-    from repro.paths import check_output_dir
-
     spec = load_spec(args.spec)
     store = Store(args.store or default_store(spec.profile))
     store.check_usable(writing=False)
-    tables = check_output_dir(args.tables or default_tables_dir(spec.profile), "--tables")
-    figures = check_output_dir(args.figures or default_figures_dir(spec.profile), "--figures")
-    for path in write_reports(spec, store, tables, figures):
+    check_output_dir(args.tables or default_tables_dir(spec.profile), "--tables")
+    check_output_dir(args.figures or default_figures_dir(spec.profile), "--figures")
+    return _report(spec, store, args, data_dir=args.data_dir, staged=args.staged or spec.staged)
+
+
+def _report(spec, store, args: argparse.Namespace, **where) -> int:
+    """Write the sweep's table and figures; 1 when cells are missing, unless --allow-missing."""
+    from repro.report.sweep import (
+        default_figures_dir,
+        default_tables_dir,
+        write_reports,
+    )
+
+    reports = write_reports(spec, store, args.tables or default_tables_dir(spec.profile),
+                            args.figures or default_figures_dir(spec.profile), **where)
+    for path in reports.paths:
         print(f"wrote {path}")
+    for note in reports.notes:
+        print(f"note: {note}", file=sys.stderr)
+    if reports.rel_avg_half_width is not None:
+        print(f"Rel. Avg: widest 95% interval of a pruned row ±{reports.rel_avg_half_width:.2f} points "
+              f"(limit {spec.limit or 'all'} documents per task)")
+    if reports.missing:
+        print(f"{'warning' if args.allow_missing else 'error'}: {reports.missing} cell(s) of {spec.path} have no "
+              f"intact record in {store.root}; their rows are marked incomplete (run the sweep to fill them"
+              + (")" if args.allow_missing else ", or pass --allow-missing)"), file=sys.stderr)
+        return 0 if args.allow_missing else 1
     return 0
 
 
@@ -671,13 +694,14 @@ def _configure_check(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_check(args: argparse.Namespace) -> int:
-    from repro.check import TOLERANCES, run_check
+    from repro.check import TOLERANCES
+    from repro.report.check_report import run_check
 
     return run_check(profile=args.profile, spec_path=args.spec, store=args.store, reference=args.reference,
                      tolerances=args.tolerances or TOLERANCES, update_golden=args.update_golden, out=args.out)
 
 
-COMMANDS: "MappingProxyType[str, Command]" = MappingProxyType(
+COMMANDS: MappingProxyType[str, Command] = MappingProxyType(
     {
         "models": Command("list the registered checkpoints and whether weights are cached", _configure_models, _run_models),
         "flops": Command("analytic unpruned prefill FLOPs, or the FLOPs table", _configure_flops, _run_flops),

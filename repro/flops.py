@@ -169,3 +169,17 @@ def vision_flops(card: ArchCard, n_images_or_crops: int, *, include_projector: b
         width = v.projector_hidden or card.hidden
         per_unit += 2 * v.llm_tokens * (v.merge * h * width + width * card.hidden)
     return n_images_or_crops * per_unit
+
+
+#: 35-token vicuna_v1 prefix + 64 question/suffix tokens (MODELS.md section 8).
+DEFAULT_TEXT_TOKENS = 99
+
+
+def equal_flops_ratio(entry, n_tokens: int, text_tokens: int = DEFAULT_TEXT_TOKENS) -> float:
+    """The FLOPs ratio of keeping `n_tokens` visual tokens in every layer, on the model's nominal
+    prompt (its card's visual tokens + `text_tokens`): a token budget at equal prefill TFLOPs."""
+    card = entry.card
+    if not 0 <= n_tokens <= card.visual_tokens:
+        raise ReproError(f"{entry.name} has {card.visual_tokens} visual tokens; cannot keep {n_tokens}")
+    return (unpruned_prefill_flops(card, n_tokens + text_tokens, "paper")
+            / unpruned_prefill_flops(card, card.visual_tokens + text_tokens, "paper"))

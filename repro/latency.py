@@ -112,7 +112,7 @@ def _run_once(model, images, question, method, timer: StageTimer, device: torch.
     decode: list[float] = []
     with timer.time(t["end_to_end"]):
         with timer.time(t["vision"]):
-            visual = model.encode(prepared)
+            visual = model.encode(prepared, cached=False)  # every repeat times the vision tower
             if method is not None:
                 visual = method.reduce(model, prepared, visual)
         with timer.time(t["prefill"]):
@@ -180,23 +180,3 @@ def synthetic_image(width: int, height: int, seed: int = 0) -> Image.Image:
     generator = torch.Generator().manual_seed(seed)
     pixels = torch.randint(0, 256, (height, width, 3), generator=generator, dtype=torch.uint8)
     return Image.fromarray(pixels.numpy())
-
-
-def table_rows(records: list[LatencyRecord]) -> list[dict]:
-    """Per model, method and budget: TFLOPs, prefill latency, reductions vs unpruned and their ratio."""
-    check_same_backend(records)
-    base = {r.model: r for r in records if r.method == "unpruned"}
-    rows = []
-    for r in records:
-        ref = base.get(r.model)
-        prefill = r.stages["prefill"]["median_ms"]
-        row = {"model": r.model, "method": r.method, "budget": r.budget, "tflops": r.tflops,
-               "prefill_ms": prefill, "prefill_iqr_ms": r.stages["prefill"]["iqr_ms"],
-               "end_to_end_ms": r.stages["end_to_end"]["median_ms"], "device": r.environment["device_name"]}
-        if ref is not None:
-            tflops_cut = 1 - r.tflops / ref.tflops
-            latency_cut = 1 - prefill / ref.stages["prefill"]["median_ms"]
-            row.update(tflops_reduction_pct=100 * tflops_cut, latency_reduction_pct=100 * latency_cut,
-                       latency_per_tflops_reduction=latency_cut / tflops_cut if tflops_cut > 0 else float("nan"))
-        rows.append(row)
-    return rows

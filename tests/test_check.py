@@ -12,8 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from repro.check import compare_reported, load_allowances, load_tolerances, reported_references, run_check
+from repro.check import (
+    compare_reported,
+    load_allowances,
+    load_tolerances,
+    reported_references,
+)
 from repro.errors import ReproError
+from repro.report.check_report import run_check
 from repro.runner.spec import expand, load_spec
 from repro.runner.store import Store
 
@@ -160,7 +166,7 @@ def test_paper_dry_run_lists_the_plan_and_what_is_missing(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.splitlines()
     assert lines[0].startswith("profile: paper")
-    assert any(line.startswith("plan: 3146 cells") for line in lines)
+    assert any(line.startswith("plan: 4550 cells") for line in lines)  # 350 rows, the in-LLM and pre-LLM baselines
     assert "ratio:0.2366 (flops-of-tokens:64)" in out.stdout  # token budgets at equal TFLOPs, per model
     assert "CLIP text tower of llava-1.5-7b for cdpruner, trim (openai/clip-vit-large-patch14-336)" in out.stdout
     assert "GPU hours" in out.stdout
@@ -185,4 +191,75 @@ def test_run_all_defaults_to_the_tiny_main_table():
     first, second = out.stdout.splitlines()[:2]
     assert first.startswith("profile: tiny (default")
     assert second.startswith("table: main (sweep sweeps/tiny/main.yaml")
-    assert "plan: 364 cells" in out.stdout  # (unpruned + 9 methods x 3 budgets) x 13 tasks
+    assert "plan: 520 cells" in out.stdout  # (unpruned + 13 methods x 3 budgets) x 13 tasks
+
+
+def _tables(spec: str, store: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    return _run([sys.executable, "-m", "repro", "tables", spec, "--store", str(store), "--tables", str(out / "t"),
+                 "--figures", str(out / "f"), *extra])
+
+
+def test_a_missing_unpruned_cell_gives_incomplete_rows_and_a_failing_exit(golden_store, tmp_path):
+    import shutil
+
+    store, _ = golden_store
+    copy = tmp_path / "store"
+    shutil.copytree(store, copy)
+    spec = load_spec(ROOT / "sweeps" / "tiny" / "golden.yaml")
+    victim = next(c for c in expand(spec) if c.method == "none" and c.task == "tinyworld_gqa")
+    Store(copy).record_path(victim.key).unlink()
+    out = _tables("sweeps/tiny/golden.yaml", copy, tmp_path)
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert "1 cell(s) of" in out.stderr and "--allow-missing" in out.stderr
+    rows = {line.split("|")[2].strip(): line for line in (tmp_path / "t" / "golden.md").read_text().splitlines()
+            if line.startswith("| tinyworld-llava")}
+    n = len(spec.tasks)
+    assert f"incomplete ({n - 1} of {n})" in rows["unpruned"]
+    for method in ("random", "fastv", "vispruner", "dop"):
+        cells = [c.strip() for c in rows[method].split("|")]
+        assert cells[-3] == f"unpruned incomplete ({n - 1} of {n})"  # Rel. Avg: never against an incomplete row
+        assert cells[5] == "–"  # FLOPs ratio
+    csv_rows = list(csv.DictReader((tmp_path / "t" / "golden.csv").open()))
+    assert all(r["Rel. Avg"] == "" and r["flops_ratio"] == "" for r in csv_rows if r["method"] != "chance level")
+    assert _tables("sweeps/tiny/golden.yaml", copy, tmp_path, "--allow-missing").returncode == 0
+
+
+def test_a_wrong_or_empty_store_is_an_error(tmp_path):
+    out = _tables("sweeps/tiny/golden.yaml", tmp_path / "typo", tmp_path)
+    assert out.returncode == 2 and "no results store at" in out.stderr and "Traceback" not in out.stderr
+    (tmp_path / "empty").mkdir()
+    out = _tables("sweeps/tiny/golden.yaml", tmp_path / "empty", tmp_path)
+    assert out.returncode == 2 and "holds no cell records" in out.stderr
+    assert not (tmp_path / "t").exists()  # no table of dashes
+
+
+def test_vispruner_cells_from_another_cpu_capability_use_the_declared_tolerance(golden_store, tmp_path, capsys):
+    """VisPruner's near-tie argsort may flip between AVX2 and AVX512 kernels: across capabilities its
+    golden cells are compared within the declared tolerance and changed answers are reported; every
+    other method stays exact."""
+    from repro.check import load_kernel_tolerances
+
+    store, _ = golden_store
+    tol = load_kernel_tolerances(ROOT / "paper_tables" / "tolerances.yaml")["vispruner"]
+    rows = list(csv.DictReader(GOLDEN.open()))
+    for r in rows:
+        r["cpu_capability"] = "AVX2-elsewhere"
+    vis = [r for r in rows if r["method"] == "vispruner"]
+    score = next(r for r in vis if r["metric"] not in ("tflops_paper", "responses_sha256"))
+    score["value"] = repr(float(score["value"]) + 0.5 * tol["default"])
+    next(r for r in vis if r["metric"] == "responses_sha256")["value"] = "0123456789e01234"  # reads as a number
+    moved = tmp_path / "golden.csv"
+    with moved.open("w", newline="") as f:
+        writer = csv.DictWriter(f, list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    assert _check_tiny(store, moved) == 0
+    out = capsys.readouterr().out
+    assert "0 fail" in out and "1 answer digest(s) changed" in out and "AVX2-elsewhere ->" in out
+    fastv = next(r for r in rows if r["method"] == "fastv" and r["metric"] == "responses_sha256")
+    fastv["value"] = "f" * 16
+    with moved.open("w", newline="") as f:
+        writer = csv.DictWriter(f, list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    assert _check_tiny(store, moved) == 1  # FastV does not depend on the kernels: exact everywhere

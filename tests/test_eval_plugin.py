@@ -74,6 +74,18 @@ def test_method_and_options_reach_the_engine(suite):
     assert record["visual_tokens_per_layer"] == [36] * len(record["stats"]["attention_tokens"])
 
 
+def test_packed_batches_answer_as_batch_size_one(suite):
+    """`batch_size` packs consecutive requests (engine/packed.py): the same answers and records."""
+    args = {"model": "tinyworld-llava", "method": "vispruner", "budget": "ratio:0.6"}
+    tasks = ["tinyworld_gqa"]
+    one = evaluate(args, tasks, data_dir=suite, limit=5)
+    packed = evaluate({**args, "batch_size": 3}, tasks, data_dir=suite, limit=5)  # a pack of 3, then of 2
+    for task in tasks:
+        a, b = one["samples"][task], packed["samples"][task]
+        assert [s["resps"] for s in a] == [s["resps"] for s in b]
+        assert [s["token_counts"][0]["repro"]["stats"] for s in a] == [s["token_counts"][0]["repro"]["stats"] for s in b]
+
+
 def test_unknown_model_args_key_is_a_clear_error(suite):
     with pytest.raises(ReproError, match=r"unknown model_args key\(s\) for --model repro: modle; accepted: model, method"):
         evaluate("modle=tinyworld-llava", ["tinyworld_pope"], data_dir=suite, limit=1)
@@ -90,6 +102,8 @@ def test_unknown_model_args_key_is_a_clear_error(suite):
     ("method=random,options={keep:0.5}", "not valid JSON"),
     ("budget=tokens:8", "need a method"),
     ("dtype=float64", "dtype"),
+    ("batch_size=0", "positive integer"),
+    ("batch_size=auto", "positive integer"),
 ])
 def test_bad_model_args_values(suite, args, match):
     from repro.eval.lmms_model import ReproLMM

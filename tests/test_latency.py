@@ -11,9 +11,17 @@ import torch
 
 import repro
 from repro.errors import ReproError
-from repro.latency import (LatencyRecord, STAGES, check_device, check_same_backend, measure, measure_cells, summary,
-                           table_rows)
+from repro.latency import (
+    STAGES,
+    LatencyRecord,
+    check_device,
+    check_same_backend,
+    measure,
+    measure_cells,
+    summary,
+)
 from repro.models.tiny import tiny_llava15
+from repro.report.latency_table import table_rows
 
 
 @pytest.fixture(scope="module")

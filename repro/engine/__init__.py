@@ -3,9 +3,9 @@
 from repro.engine.core import Engine, KVCache, LayerRecord, PrefillOutput, Prefix, Sequence
 from repro.engine.decoder import Decoder
 from repro.engine.probes import Probe
-from repro.engine.schedule import LayerOps, Planner, Schedule, random_schedule, visual_schedule
+from repro.engine.schedule import LayerOps, Merge, Planner, Schedule, random_schedule, visual_schedule
 
 __all__ = [
-    "Decoder", "Engine", "KVCache", "LayerOps", "LayerRecord", "Planner", "PrefillOutput", "Prefix", "Probe",
+    "Decoder", "Engine", "KVCache", "LayerOps", "LayerRecord", "Merge", "Planner", "PrefillOutput", "Prefix", "Probe",
     "Schedule", "Sequence", "random_schedule", "visual_schedule",
 ]

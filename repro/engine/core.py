@@ -17,7 +17,7 @@ from torch import Tensor
 
 from repro.engine.decoder import Decoder, causal_mask
 from repro.engine.probes import Probe, ProbeCost
-from repro.engine.schedule import LayerOps, Planner, Schedule
+from repro.engine.schedule import LayerOps, Merge, Planner, Schedule
 
 _CAUSAL_BACKENDS = ("sdpa", "flash_attention_2", "flash_attention_3")
 
@@ -135,6 +135,14 @@ class Engine:
             self._mlp(layer_idx, h, ops.mlp)
             records.append(_record(ops, n, seq.visual, kv))
             active = kv_all
+            merge_after = getattr(planner, "merge_after", None)
+            if merge_after is not None and layer_idx + 1 < dec.n_layers:
+                nxt = Probe(dec, layer_idx + 1, h, self._positions(seq, active, renumber), active, seq.visual, cost)
+                merge = merge_after(layer_idx, nxt)
+                if merge is not None:
+                    seq, h, active = _insert(seq, h, active, merge)
+                    n, required = seq.n_tokens, seq.non_visual()
+                    full_rope = dec.rope_tables(seq.positions, h)
         logits = dec.logits(h[-1:])[0]
         return PrefillOutput(logits, None if start else cache, records, cost.flops, captured)
 
@@ -242,6 +250,28 @@ class Engine:
                 return
             if step + 1 < max_new_tokens:
                 logits = self.decode_step(token, prefill.cache, step)
+
+
+def _insert(seq: Sequence, h: Tensor, active: Tensor, merge: Merge) -> tuple[Sequence, Tensor, Tensor]:
+    """The sequence, residual stream and active set with `merge`'s tokens inserted at `merge.at`."""
+    at, c = merge.at, merge.size
+    if not 0 < at < seq.n_tokens:
+        raise ValueError(f"merge position {at} outside (0, {seq.n_tokens}): the last token must stay last")
+    if merge.positions.shape[-1] != c or merge.positions.dim() != seq.positions.dim():
+        raise ValueError("merged tokens need one position each, in the sequence's position format")
+    device = h.device
+    states = merge.states.to(device=device, dtype=h.dtype)
+    new = merge.new_indices(device)
+    placeholder = seq.input_ids[seq.visual[:1]].expand(c) if seq.visual.numel() else seq.input_ids.new_full((c,), -1)
+    merged = Sequence(
+        embeds=torch.cat([seq.embeds[:at], states.to(seq.embeds.dtype), seq.embeds[at:]]),
+        positions=torch.cat([seq.positions[..., :at], merge.positions.to(device=device, dtype=seq.positions.dtype),
+                             seq.positions[..., at:]], dim=-1),
+        visual=torch.sort(torch.cat([merge.remap(seq.visual), new])).values,
+        input_ids=torch.cat([seq.input_ids[:at], placeholder, seq.input_ids[at:]]),
+    )
+    h = torch.cat([h[:at], states, h[at:]])
+    return merged, h, torch.sort(torch.cat([merge.remap(active), new])).values
 
 
 def _pruned(ops: LayerOps) -> bool:

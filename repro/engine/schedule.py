@@ -77,9 +77,40 @@ def _resolve(idx: Tensor | None, n_tokens: int) -> Tensor:
 
 
 class Planner(Protocol):
-    """Decides each layer's token sets, possibly from probes of the running prefill."""
+    """Decides each layer's token sets, possibly from probes of the running prefill.
+
+    A planner may also define `merge_after(layer, probe) -> Merge | None`: called after `layer`
+    ran, with a probe bound to the next layer (its hidden states are `layer`'s output); a Merge
+    it returns is inserted by the engine before the next layer (SparseVLM's recycled tokens).
+    """
 
     def layer_ops(self, layer: int, probe: "Probe") -> LayerOps: ...
+
+
+@dataclass(frozen=True)
+class Merge:
+    """New tokens a planner adds to the sequence between two layers: merged visual tokens.
+
+    `states` (c, d) become rows `at .. at+c-1` of the residual stream; every token from `at` on
+    moves c places right (`remap`). The new tokens count as visual, have no cache in the layers
+    before, and take `positions` ((c,) or (3, c)) for RoPE when positions are not renumbered.
+    Only the engine applies it; index sets of later layers are in the new numbering.
+    """
+
+    at: int
+    states: Tensor
+    positions: Tensor
+
+    @property
+    def size(self) -> int:
+        return self.states.shape[0]
+
+    def remap(self, idx: Tensor) -> Tensor:
+        """Old sequence indices -> indices after the insertion."""
+        return idx + self.size * (idx >= self.at).to(idx.dtype)
+
+    def new_indices(self, device=None) -> Tensor:
+        return torch.arange(self.at, self.at + self.size, device=device)
 
 
 @dataclass(frozen=True)

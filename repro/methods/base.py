@@ -121,6 +121,30 @@ def top_indices(scores: Tensor, k: int, *, inverse: bool = False) -> Tensor:
     return torch.sort(order[:k]).values
 
 
+def stage_layers(method: str, layers: "tuple[int, ...] | None", reference: tuple[int, ...], n_layers: int,
+                 *, first: int = 1, last: int | None = None, scale: str = "when-deeper") -> tuple[int, ...]:
+    """A method's decoder layers on a model `n_layers` deep, checked.
+
+    `layers=None` takes the reference list (written for 32-layer LLaVA-1.5-7B) scaled by
+    n_layers/32 (rounded, duplicates merged): with `scale="always"` on any other depth (PDrop's
+    card), with `"when-deeper"` only when the list does not fit the model (SparseVLM's card).
+    Given layers must be strictly ascending and inside [first, last] (default n_layers - 1).
+    """
+    last = n_layers - 1 if last is None else last
+    if layers is None:
+        layers = reference
+        if (scale == "always" and n_layers != 32) or max(reference) > last:
+            layers = tuple(sorted({min(max(round(b * n_layers / 32), first), last) for b in reference}))
+    layers = tuple(int(b) for b in layers)
+    if not layers or any(a >= b for a, b in zip(layers, layers[1:])):
+        raise ReproError(f"{method}: stage layers must be a non-empty ascending list, got {list(layers)}")
+    bad = [b for b in layers if not first <= b <= last]
+    if bad:
+        raise ReproError(f"{method}: stage layer(s) {bad} outside [{first}, {last}] for this model's "
+                         f"{n_layers} decoder layers; pass layers inside that range")
+    return layers
+
+
 def split_budget(n_keep: int, capacities: list[int]) -> list[int]:
     """Share `n_keep` as equally as possible over pools of the given sizes (exact when it fits)."""
     shares = [0] * len(capacities)

@@ -35,15 +35,18 @@ def kl_from(reference: torch.Tensor, logprobs: torch.Tensor) -> float:
     return float((reference.exp() * (reference - logprobs)).sum())
 
 
-def inverse_check(model, name: str, budget: str, samples: Iterable[tuple[Image.Image, str]], **options) -> InverseCheck:
+def inverse_check(model, name: str, budget: str, samples: Iterable[tuple[Image.Image, str]],
+                  references: list[torch.Tensor] | None = None, **options) -> InverseCheck:
     """Mean first-token KL to the unpruned model for `name` and for its `inverse=True` variant, and
-    the p-value of the paired test that the inverse diverges more."""
+    the p-value of the paired test that the inverse diverges more. `references` (the unpruned
+    first-token log-probabilities of the samples, in order) saves recomputing them per method."""
     from scipy.stats import wilcoxon
 
     best, worst = build(name, budget, **options), build(name, budget, inverse=True, **options)
     kl_best, kl_worst = [], []
-    for image, question in samples:
-        reference = model.generate(image, question, max_new_tokens=1).first_token_logprobs
+    for i, (image, question) in enumerate(samples):
+        reference = (references[i] if references is not None
+                     else model.generate(image, question, max_new_tokens=1).first_token_logprobs)
         kl_best.append(kl_from(reference, model.generate(image, question, method=best, max_new_tokens=1).first_token_logprobs))
         kl_worst.append(kl_from(reference, model.generate(image, question, method=worst, max_new_tokens=1).first_token_logprobs))
     p_value = float(wilcoxon(kl_worst, kl_best, alternative="greater").pvalue)

@@ -29,6 +29,7 @@ from repro.engine import Decoder, Sequence
 #   kind   0 = image patch, 1 = layout token (LLaVA-NeXT newline)
 # Optional, set by reducers that define token groups (`Method.token_groups`):
 #   group  the token's group (e.g. VisPruner 0 = important, 1 = diverse; layout tokens 0)
+TEXT_INPUTS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")  # not read by encode
 META_FIELDS = ("index", "image", "crop", "patch", "row", "col", "kind")
 PATCH, LAYOUT = 0, 1
 
@@ -41,6 +42,16 @@ class Prepared:
     inputs: dict[str, Tensor]
     images: list[Image.Image]
     question: str = ""  # the user's text as given (text-conditioned reducers score against it)
+    key_source: Callable[[], str] | None = field(default=None, repr=False, compare=False)
+    _key: str | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def encoding_key(self) -> str | None:
+        """Digest of what the vision tower reads (models/encodings.py), computed on first use, so
+        a timed path that never caches (the latency protocol) never hashes; None: never cached."""
+        if self._key is None and self.key_source is not None:
+            self._key = self.key_source()
+        return self._key
 
     @property
     def input_ids(self) -> Tensor:
@@ -235,11 +246,25 @@ class Adapter:
     def prepare(self, images: list[Image.Image], question: str) -> Prepared:
         prompt = self.processor.apply_chat_template(self.messages(len(images), question),
                                                     tokenize=False, add_generation_prompt=True)
-        inputs = self.processor(images=images or None, text=prompt, return_tensors="pt")
-        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        cpu = dict(self.processor(images=images or None, text=prompt, return_tensors="pt"))
+        inputs = {k: v.to(self.device) for k, v in cpu.items()}
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
-        return Prepared(prompt, inputs, list(images), question)
+        key_source = (lambda: self.encoding_key(cpu)) if images else None  # hashes the CPU tensors
+        return Prepared(prompt, inputs, list(images), question, key_source)
+
+    def encoding_key(self, inputs: dict[str, Tensor]) -> str:
+        """Content address of an encoding (models/encodings.py): the processor's image-side
+        tensors, which carry the image content and the processor options, and the model's dtype."""
+        from repro.models.encodings import digest_tensors
+
+        image_side = sorted((k, v) for k, v in inputs.items() if k not in TEXT_INPUTS and isinstance(v, Tensor))
+        return digest_tensors(image_side, self.family, str(self.dtype), str(self.device),
+                              *self.encoding_extras(inputs))
+
+    def encoding_extras(self, inputs: dict[str, Tensor]) -> tuple:
+        """What else `encode` reads from the prompt (InternVL: the tiles of each image)."""
+        return ()
 
     def encode(self, prepared: Prepared) -> VisualTokens:
         raise NotImplementedError

@@ -121,8 +121,13 @@ class InternVLAdapter(Adapter):
         signals = InternViTSignals(meta, self.hf, out.hidden_states, selected)
         return VisualTokens(features.flatten(0, 1), meta, signals)
 
-    def _tiles_per_image(self, prepared: Prepared, per_tile: int) -> list[int]:
-        ids = prepared.input_ids
+    def encoding_extras(self, inputs: dict[str, Tensor]) -> tuple:
+        return tuple(self._placeholders_per_image(inputs["input_ids"][0]))
+
+    def _placeholders_per_image(self, ids: Tensor) -> list[int]:
         starts = (ids == self.processor.start_image_token_id).nonzero().flatten()
         ends = (ids == self.processor.end_image_token_id).nonzero().flatten()
-        return [int((ids[s:e] == self.image_token_id).sum()) // per_tile for s, e in zip(starts, ends)]
+        return [int((ids[s:e] == self.image_token_id).sum()) for s, e in zip(starts, ends)]
+
+    def _tiles_per_image(self, prepared: Prepared, per_tile: int) -> list[int]:
+        return [n // per_tile for n in self._placeholders_per_image(prepared.input_ids)]

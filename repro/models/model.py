@@ -16,6 +16,7 @@ from repro.engine import Engine, LayerRecord, PrefillOutput, Schedule, Sequence
 from repro.models.adapter import Adapter, Prepared, VisualTokens
 from repro.errors import ReproError
 from repro.models.cards import ArchCard
+from repro.models.encodings import EncodingCache
 
 if TYPE_CHECKING:
     from repro.methods.base import Method
@@ -104,6 +105,9 @@ class Model:
         self.random_weights = random_weights  # built offline with random weights (tiny/bench models, timing runs)
         self.engine = Engine(adapter.decoder, backend=attn_implementation)
         self._text_towers: dict[str | None, Any] = {}
+        # Encodings of images seen before, shared by every method and cell run on this model
+        # (bit-identical to encoding again; `encodings.capacity_bytes = 0` turns it off).
+        self.encodings = EncodingCache()
 
     def text_tower(self, source: str | None = None):
         """The CLIP text tower of this model (CDPruner, TRIM), loaded once per instance;
@@ -132,8 +136,11 @@ class Model:
         return self.adapter.prepare(as_images(images), question)
 
     @torch.inference_mode()
-    def encode(self, prepared: Prepared) -> VisualTokens:
-        return self.adapter.encode(prepared)
+    def encode(self, prepared: Prepared, *, cached: bool = True) -> VisualTokens:
+        """Visual tokens of `prepared`; `cached=False` runs the tower even for an image seen before."""
+        if not cached:
+            return self.adapter.encode(prepared)
+        return self.encodings.get(prepared.encoding_key, lambda: self.adapter.encode(prepared))
 
     @torch.inference_mode()
     def assemble(self, prepared: Prepared, visual: VisualTokens, positions: str = "original") -> Sequence:
@@ -156,6 +163,29 @@ class Model:
             raise ReproError(f"method must be built with repro.method(name, budget, ...), got {method!r}")
         if isinstance(stop, str):
             stop = (stop,)
+        prepared, seq, planner, dead_ops = self._plan(images, question, method)
+        out = self.engine.prefill(seq, planner)
+        tokens = list(self.engine.greedy(out, max_new_tokens, self.eos_ids(), self._stopper(stop)))
+        return self._result(prepared, seq, out, tokens, dead_ops, stop)
+
+    @torch.inference_mode()
+    def generate_batch(self, requests: Seq[tuple[Image.Image | Seq[Image.Image], str]], *,
+                       method: "Method | None" = None, max_new_tokens: int = 16, stop: Seq[str] = ()) -> list[Result]:
+        """`generate` for several (images, question) requests as one packed batch (engine/packed.py):
+        each sample keeps its own method decisions; equal to `generate` one at a time up to fp32
+        rounding (logits within 1e-5). For throughput on accelerators; latency stays batch size 1."""
+        from repro.engine.packed import PackedEngine
+
+        plans = [self._plan(images, question, method) for images, question in requests]
+        if not plans:
+            return []
+        packed = PackedEngine(self.engine)
+        outs = packed.prefill([p[1] for p in plans], [p[2] for p in plans])
+        tokens = packed.greedy(outs, max_new_tokens, self.eos_ids(), [self._stopper(stop)] * len(plans))
+        return [self._result(p[0], p[1], out, t, p[3], stop) for p, out, t in zip(plans, outs, tokens)]
+
+    def _plan(self, images, question: str, method: "Method | None"):
+        """Everything before the prefill: prepared inputs, the (reduced) sequence, its planner."""
         prepared = self.prepare(images, question)
         visual = self.encode(prepared)
         if method is not None:
@@ -167,8 +197,10 @@ class Model:
             if not isinstance(planner, Schedule):
                 raise ValueError("dead-operation skipping needs a static Schedule")
             planner, dead_ops = planner.without_dead_ops(seq.n_tokens), "skipped"
-        out = self.engine.prefill(seq, planner)
-        tokens = list(self.engine.greedy(out, max_new_tokens, self.eos_ids(), self._stopper(stop)))
+        return prepared, seq, planner, dead_ops
+
+    def _result(self, prepared: Prepared, seq: Sequence, out: PrefillOutput, tokens: list[int], dead_ops: str,
+                stop: Seq[str]) -> Result:
         text = self._trim(self.tokenizer.decode(tokens, skip_special_tokens=True), stop)
         unpruned = flops.unpruned_prefill_flops(self.card, prepared.input_ids.numel(), "paper") / 1e12
         return Result(text=text, prompt=prepared.prompt, first_token_logprobs=out.logits.log_softmax(-1),

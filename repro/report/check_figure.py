@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from repro.report.figures import pyplot, save
+from repro.report.plotting import pyplot, save
 
 # onto the scale of the papers' "Acc." column: MME (max 2000) / 20, OCRBench (max 1000) / 10
 PERCENT_SCALE = {"MME": 1 / 20, "OCRBench": 1 / 10}

@@ -1,56 +1,44 @@
-"""Figures (PNG + PDF): Rel. Avg vs realized TFLOPs per model from the store, and the shared
-saving helper the DOP analyses use."""
+"""Figures (PNG + PDF): Rel. Avg vs realized TFLOPs per model from the store, with the bootstrap
+intervals as error bars; incomplete rows are left out."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
-from repro.report.main_table import Row
+from repro.report.main_table import Row, Table
+from repro.report.plotting import pyplot, save
 
 
-def pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
-
-    return plt
+def _yerr(rows: list[Row]) -> list[list[float]] | None:
+    if any(math.isnan(r.rel_avg.low) for r in rows):
+        return None
+    return [[r.rel_avg.value - r.rel_avg.low for r in rows], [r.rel_avg.high - r.rel_avg.value for r in rows]]
 
 
-def save(fig, path_stem: Path) -> list[Path]:
-    """`<stem>.png` and `<stem>.pdf`, then close the figure; PDFs carry no creation date so reruns
-    give the same bytes. Every figure of the harness goes through here."""
-    path_stem.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    png, pdf = path_stem.with_name(path_stem.name + ".png"), path_stem.with_name(path_stem.name + ".pdf")
-    fig.savefig(png, dpi=120, metadata={"Software": None})
-    fig.savefig(pdf, metadata={"CreationDate": None, "Producer": None, "Creator": None})
-    pyplot().close(fig)
-    return [png, pdf]
-
-
-def rel_avg_vs_tflops(rows: list[Row], out_dir: Path | str, name: str) -> list[Path]:
+def rel_avg_vs_tflops(table: Table, out_dir: Path | str, name: str) -> list[Path]:
     plt = pyplot()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for model in dict.fromkeys(r.model for r in rows):
+    for model in dict.fromkeys(r.model for r in table.rows):
         fig, ax = plt.subplots(figsize=(5, 3.6))
-        mine = [r for r in rows if r.model == model and not math.isnan(r.tflops) and not math.isnan(r.rel_avg)]
+        mine = [r for r in table.rows if r.model == model and r.rel_avg is not None and not math.isnan(r.tflops)]
         for method in dict.fromkeys(r.method for r in mine):
-            pts = sorted((r.tflops, r.rel_avg) for r in mine if r.method == method)
-            if all(r.unpruned for r in mine if r.method == method):
-                ax.scatter(*zip(*pts), marker="*", s=120, color="black", label=method, zorder=3)
+            pts = sorted((r for r in mine if r.method == method), key=lambda r: r.tflops)
+            x, y = [r.tflops for r in pts], [r.rel_avg.value for r in pts]
+            if all(r.unpruned for r in pts):
+                ax.errorbar(x, y, yerr=_yerr(pts), fmt="*", ms=12, color="black", capsize=3, label=method, zorder=3)
             else:
-                ax.plot(*zip(*pts), marker="o", label=method)
+                ax.errorbar(x, y, yerr=_yerr(pts), fmt="-o", capsize=3, label=method)
         ax.set_xlabel("realized prefill TFLOPs (paper convention)")
         ax.set_ylabel("Rel. Avg (% of unpruned)")
-        ax.set_title(model)
+        ax.set_title(model + ("" if not mine or _yerr(mine) is None else f" ({table.boot.level:.0%} intervals)"))
         ax.grid(alpha=0.3)
         if mine:
             ax.legend(fontsize=8)
         else:
-            ax.text(0.5, 0.5, "no Rel. Avg (unpruned scores are all 0)", ha="center", transform=ax.transAxes)
+            ax.text(0.5, 0.5, "no Rel. Avg (incomplete rows or no informative benchmark)", ha="center",
+                    transform=ax.transAxes)
         paths += save(fig, out / f"{name}-{model}")
     return paths

@@ -4,8 +4,16 @@
 (method, budget, seed) row, runs every task of the row through `repro.eval.evaluate`, and writes
 one record per cell. It skips finished cells, recomputes corrupt ones, and takes a per-cell lock so
 two workers on one store never compute the same cell at once (a locked cell is retried at the end,
-after the other worker has written it). The in-process executor calls it directly; the SLURM
-executor submits it through submitit, one job per group of rows.
+after the other worker has written it). The executors hand it cells task by task (`task_major`:
+every row of one task, then the next task), so the loaded model's encoding cache
+(models/encodings.py) encodes each image once.
+
+The local executor (`run_local`) runs `workers` such processes (spawned, one thread each unless
+told otherwise, each loading its model once) over the same cells, each starting at another point
+of the list; the per-cell locks share the work out, and results equal one worker's because each
+cell is computed by exactly one process in the same way. On a CPU the default is one worker per
+available core (`default_workers`). The SLURM executor submits `run_cells` through submitit, one
+job per group of rows.
 
 Under `accelerate launch --num_processes N -m repro sweep SPEC` (repro.eval.parallel) every rank
 runs `run_cells` over the same cells and each cell's evaluation is sharded across the ranks. Rank 0
@@ -20,6 +28,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -42,6 +52,13 @@ class DataSource:
     staged: str | None = None
     subset: tuple[int, int] | None = None  # paper profile: the reduced run's documents per task and seed
     tasks: tuple[str, ...] | None = None  # paper profile: the staged tasks the sweep needs (None: all thirteen)
+
+    def build(self) -> None:
+        """Make the data present (the tiny world is generated once, before workers start)."""
+        if self.profile == "tiny":
+            from repro import tinyworld
+
+            tinyworld.build(Path(self.data_dir) if self.data_dir else tinyworld.default_data_dir())
 
     def task_manager(self):
         from repro.eval.run import task_manager_for
@@ -92,7 +109,9 @@ def budget_stats(samples: list[dict]) -> dict:
     """Realized TFLOPs and token statistics over a cell's sample logs."""
     import numpy as np
 
-    answered = [s["token_counts"][0]["repro"] for s in samples if s.get("token_counts")]
+    from repro.runner.records import SampleRecord
+
+    answered = [r for r in (SampleRecord.from_log(s).repro for s in samples) if r]
     recs = [r for r in answered if "infeasible" not in r]
     infeasible = len(answered) - len(recs)
     if not recs:
@@ -136,8 +155,10 @@ def per_sample_budget(recs: list[dict], paper) -> dict:
 class _Worker:
     """State of one `run_cells` call: loaded models, lmms-eval instances, the task manager."""
 
-    def __init__(self, store: Store, source: DataSource, commit: str, budgets: dict[str, list[str]]):
+    def __init__(self, store: Store, source: DataSource, commit: str, budgets: dict[str, list[str]],
+                 encode_cache_mb: int | None = None, batch_size: int = 1):
         self.store, self.source, self.commit, self.budgets = store, source, commit, budgets
+        self.encode_cache_mb, self.batch_size = encode_cache_mb, batch_size
         self.models: dict[tuple, Any] = {}
         self.lms: dict[tuple, Any] = {}
         self.n_docs: dict[str, int] = {}
@@ -157,9 +178,13 @@ class _Worker:
             self.models.clear(), self.lms.clear()  # one model in memory at a time
             from repro.eval.parallel import process_device
 
-            self.models[key] = repro.load(cell.model, dtype=cell.dtype, device=process_device(cell.device),
-                                          attn_implementation=cell.attn, revision=cell.revision,
-                                          **cell.model_options)
+            model = repro.load(cell.model, dtype=cell.dtype, device=process_device(cell.device),
+                               attn_implementation=cell.attn, revision=cell.revision, **cell.model_options)
+            if self.encode_cache_mb is not None:
+                from repro.models.encodings import EncodingCache
+
+                model.encodings = EncodingCache(self.encode_cache_mb << 20)
+            self.models[key] = model
         return self.models[key]
 
     def lm(self, cell: Cell):
@@ -170,6 +195,8 @@ class _Worker:
             options, fit = runtime_options(cell, self.store, self.budgets.get(cell.model, []),
                                            lambda: self.model(cell), self.source)
             args = self.model_args(cell, options)
+            if self.batch_size > 1:  # speed only (like threads): not part of the cell's key
+                args["batch_size"] = self.batch_size
             self.lms[cell.group] = (ReproLMM(loaded_model=self.model(cell), **args), args, fit)
         return self.lms[cell.group]
 
@@ -234,8 +261,11 @@ class _Worker:
 
 
 def run_cells(cells: list[Cell], store_root: str, source: DataSource, commit: str = "unknown",
-              progress: bool = True, threads: int | None = None) -> Outcome:
-    """Evaluate every unfinished cell of `cells` into the store at `store_root` (see module doc)."""
+              progress: bool = True, threads: int | None = None, encode_cache_mb: int | None = None,
+              batch_size: int = 1) -> Outcome:
+    """Evaluate every unfinished cell of `cells` into the store at `store_root` (see module doc).
+    `encode_cache_mb`: the loaded models' encoding cache size (0: off; None: the default);
+    `batch_size`: samples packed per pass (engine/packed.py; equal to 1 up to fp32 rounding)."""
     from tqdm import tqdm
 
     if threads:
@@ -253,7 +283,7 @@ def run_cells(cells: list[Cell], store_root: str, source: DataSource, commit: st
     for c in cells:
         if c.search is not None and c.budget:
             budgets[c.model].append(c.budget)
-    worker = _Worker(store, source, commit, dict(budgets))
+    worker = _Worker(store, source, commit, dict(budgets), encode_cache_mb, batch_size)
     outcome = Outcome()
     bar = tqdm(total=len(cells), desc="cells", unit="cell", disable=not progress or not main)
 
@@ -295,6 +325,123 @@ def run_cells(cells: list[Cell], store_root: str, source: DataSource, commit: st
     return outcome
 
 
+def task_major(cells: list[Cell]) -> list[Cell]:
+    """Cells by model, then task (first-appearance order), rows in their order within a task: the
+    documents of one task meet every method while their encodings are cached."""
+    def first(values):
+        return {v: i for i, v in reversed(list(enumerate(values)))}
+
+    models = first([c.loaded for c in cells])
+    tasks = first([c.task for c in cells])
+    return sorted(cells, key=lambda c: (models[c.loaded], tasks[c.task]))  # stable: rows keep their order
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def default_workers(device: str, threads: int | None = None) -> int:
+    """Local worker processes: on a CPU one per available core (cores // threads); on an
+    accelerator one (several GPUs: `accelerate launch`, see repro.eval.parallel)."""
+    if not str(device).startswith("cpu"):
+        return 1
+    return max(1, available_cores() // max(1, threads or 1))
+
+
+def run_local(cells: list[Cell], store_root: str, source: DataSource, commit: str = "unknown",
+              progress: bool = True, threads: int | None = None, workers: int = 1,
+              encode_cache_mb: int | None = None, batch_size: int = 1) -> Outcome:
+    """`run_cells` in this process (one worker), or in `workers` spawned processes sharing the cells."""
+    from repro.eval import parallel
+
+    workers = min(workers, len(cells))
+    if workers <= 1 or parallel.world_size() > 1:
+        return run_cells(task_major(cells), store_root, source, commit, progress, threads, encode_cache_mb,
+                         batch_size)
+    import multiprocessing as mp
+    from multiprocessing.connection import wait
+
+    source.build()  # once, here: workers must not generate the same files concurrently
+    ordered = task_major(cells)
+    ctx = mp.get_context("spawn")  # a fresh interpreter: no inherited OpenMP or lock state
+    procs, pipes = [], []
+    for i in range(workers):
+        start = i * len(ordered) // workers
+        mine = ordered[start:] + ordered[:start]  # each worker starts elsewhere; locks share the rest
+        recv, send = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=_work, name=f"repro-worker-{i}",
+                           args=(mine, store_root, source, commit, threads or 1, encode_cache_mb, batch_size, send,
+                                 os.getpid()))
+        proc.start()
+        send.close()
+        procs.append(proc)
+        pipes.append(recv)
+    print(f"{workers} worker processes, {threads or 1} thread(s) each, {len(cells)} cells", flush=True)
+    results: dict[int, tuple] = {}
+    try:
+        while len(results) < workers:
+            waiting = [i for i in range(workers) if i not in results]
+            ready = wait([pipes[i] for i in waiting] + [procs[i].sentinel for i in waiting])
+            for i in waiting:
+                if pipes[i] in ready or procs[i].sentinel in ready:
+                    try:
+                        if pipes[i].poll():
+                            results[i] = pipes[i].recv()
+                            continue
+                    except EOFError:  # closed without a result: the worker is gone
+                        procs[i].join()
+                    if not procs[i].is_alive():
+                        raise ReproError(f"sweep worker {i} died (exit code {procs[i].exitcode}) before finishing; "
+                                         "rerun the sweep: finished cells are kept")
+            for status, payload in results.values():
+                if status != "ok":
+                    raise (ReproError(payload) if status == "repro" else RuntimeError(f"sweep worker failed:\n{payload}"))
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+            proc.join()
+    return _merge([payload for _, payload in results.values()])
+
+
+def _work(cells: list[Cell], store_root: str, source: DataSource, commit: str, threads: int,
+          encode_cache_mb: int | None, batch_size: int, pipe, parent: int):
+    """One spawned worker: `run_cells`, its outcome (or error) sent back through `pipe`."""
+    _die_with_parent(parent)
+    try:
+        pipe.send(("ok", run_cells(cells, store_root, source, commit, False, threads, encode_cache_mb, batch_size)))
+    except ReproError as err:
+        pipe.send(("repro", str(err)))
+    except BaseException:  # noqa: BLE001 - reported by the parent with the traceback
+        import traceback
+
+        pipe.send(("error", traceback.format_exc()))
+    finally:
+        pipe.close()
+
+
+def _die_with_parent(parent: int) -> None:
+    """A worker must not outlive its sweep (a killed sweep leaves no orphan writing records):
+    Linux sends it SIGKILL when the parent dies (prctl PR_SET_PDEATHSIG)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the call above
+        os._exit(1)
+
+
+def _merge(outcomes: list[Outcome]) -> Outcome:
+    merged = Outcome()
+    for out in outcomes:
+        merged.computed += out.computed
+        merged.recomputed += out.recomputed
+    done = set(merged.computed)
+    merged.skipped = list(dict.fromkeys(k for out in outcomes for k in out.skipped if k not in done))
+    return merged
+
+
 @dataclass(frozen=True)
 class SlurmOptions:
     """submitit parameters. `cluster=None` lets submitit pick SLURM; tests use `cluster="local"`."""
@@ -323,7 +470,7 @@ def jobs_of(cells: list[Cell], rows_per_job: int) -> list[list[Cell]]:
 
 
 def run_slurm(cells: list[Cell], store_root: str, source: DataSource, commit: str, options: SlurmOptions,
-              threads: int | None = None) -> Outcome:
+              threads: int | None = None, encode_cache_mb: int | None = None, batch_size: int = 1) -> Outcome:
     """Submit `run_cells` jobs through submitit, wait for them, and merge their outcomes."""
     import submitit
 
@@ -339,7 +486,8 @@ def run_slurm(cells: list[Cell], store_root: str, source: DataSource, commit: st
     executor.update_parameters(**params)
     groups = jobs_of(cells, options.rows_per_job)
     with executor.batch():
-        jobs = [executor.submit(run_cells, group, store_root, source, commit, False, threads) for group in groups]
+        jobs = [executor.submit(run_cells, task_major(group), store_root, source, commit, False, threads,
+                                encode_cache_mb, batch_size) for group in groups]
     print(f"submitted {len(jobs)} job(s) ({len(cells)} cells); logs under {folder.parent}", flush=True)
     return _collect(jobs, folder.parent)
 

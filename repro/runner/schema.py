@@ -44,6 +44,7 @@ FIX = {
     "staged": "a folder of staged paper datasets (text)",
     "figures": f"a list of: {', '.join(FIGURES)}",
     "threads": "a whole number of CPU threads >= 1",
+    "workers": "a whole number of local worker processes >= 1",
     "name": "a registered method (see `python -m repro methods`) or none",
     "options": "a mapping of option -> value, e.g. {k: 1}",
     "search": "a mapping of DOP search options, e.g. {samples: 32}",
@@ -93,6 +94,7 @@ class SpecSchema(BaseModel):
     staged: Text | None = None
     figures: list[Literal[FIGURES]] = []  # type: ignore[valid-type]
     threads: Positive | None = None
+    workers: Positive | None = None
 
     @field_validator("models", "tasks", "seeds", "figures", mode="before")
     @classmethod

@@ -14,7 +14,9 @@ options of `repro.load`: LLaVA-NeXT `protocol`, Qwen2.5-VL `min_pixels`/`max_pix
 `min_tiles`/`max_tiles`; they enter the cell key), `subset` (paper profile, the reduced run: about N
 documents per task, a fixed seeded draw that keeps MME pairs, MMBench circular groups and POPE's
 splits whole; `subset: N` or `{docs: N, seed: S}`; repro.eval.subset), `staged` (paper data folder), `threads` (torch CPU threads of the
-worker; speed only, never part of a key: on a shared 2-core machine 1 thread is ~8x faster than 2).
+worker; speed only, never part of a key: on a shared 2-core machine 1 thread is ~8x faster than 2),
+`workers` (local worker processes; default one per available core on a CPU; speed only, never part
+of a key).
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ class Spec:
     staged: str | None = None
     figures: tuple[str, ...] = ()
     threads: int | None = None
+    workers: int | None = None
     model_options: dict = field(default_factory=dict)  # model -> options of repro.load
     subset: dict | None = None  # paper profile: {"docs": N, "seed": S}, the reduced run
 
@@ -202,9 +205,18 @@ def load_spec(path: Path | str, *, models: list[str] | None = None, limit: int |
                 device=raw.get("device", "cpu"), revision=raw.get("revision", "main"), staged=raw.get("staged"),
                 figures=tuple(_as_list(raw.get("figures"))), threads=raw.get("threads"),
                 model_options=_model_options(raw.get("model_options"), spec_models, p),
-                subset=_subset(raw.get("subset"), profile, p))
+                subset=_subset(raw.get("subset"), profile, p),
+                workers=_positive(raw.get("workers"), "workers", p))
     check_spec(spec)
     return spec
+
+
+def _positive(value: Any, key: str, path: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ReproError(f"{path}: `{key}` must be a positive integer, got {value!r}")
+    return value
 
 
 def _subset(value: Any, profile: str, path: str) -> dict | None:
@@ -265,7 +277,7 @@ def resolve_budget(text: str | None, model: str) -> tuple[str | None, str]:
     kind run at the compute of a token budget. Other budgets come back unchanged with no label."""
     if text is None or not str(text).startswith(EQUAL_FLOPS + ":"):
         return text, ""
-    from repro.flops_table import equal_flops_ratio
+    from repro.flops import equal_flops_ratio
     from repro.models.registry import entries
 
     raw = str(text).partition(":")[2]

@@ -39,10 +39,11 @@ from typing import Any
 
 from repro.errors import ReproError
 from repro.paths import nearest_existing, writable
+from repro.runner.records import CELL_SCHEMA, CellRecord, SampleRecord
 from repro.runner.spec import canonical_json
 
 log = logging.getLogger(__name__)
-RECORD_FORMAT = "repro-record/1"
+RECORD_FORMAT = CELL_SCHEMA
 TEMP_MAX_AGE_S = 6 * 3600  # an older temporary file belongs to no live write (writes take seconds)
 
 
@@ -191,6 +192,18 @@ class Store:
 
     def read_samples(self, key: str) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.samples_path(key).read_text(encoding="utf-8").splitlines() if line]
+
+    def read_cell(self, key: str) -> CellRecord | None:
+        """The typed record if it is complete and intact, else None."""
+        body = self.read(key)
+        return None if body is None else CellRecord.from_dict(body)
+
+    def read_sample_records(self, key: str) -> list[SampleRecord]:
+        return [SampleRecord.from_log(s) for s in self.read_samples(key)]
+
+    def has_records(self) -> bool:
+        """Whether any cell record exists (a store path that holds none is a wrong --store)."""
+        return any((self.root / "cells").glob("*/*.json"))
 
     def discard(self, key: str) -> None:
         """Remove a corrupt record (and its samples) before recomputing the cell; never one this

@@ -17,7 +17,8 @@ from repro.runner.executors import (
     DataSource,
     Outcome,
     SlurmOptions,
-    run_cells,
+    default_workers,
+    run_local,
     run_slurm,
 )
 from repro.runner.plan import require_inputs
@@ -50,12 +51,20 @@ def check_data_dir(data_dir: Path | str | None) -> None:
 
 def run_sweep(spec: Spec, store_root: Path | str, *, executor: str = "local", slurm: SlurmOptions | None = None,
               data_dir: Path | str | None = None, staged: Path | str | None = None,
-              progress: bool = True, threads: int | None = None) -> SweepResult:
+              progress: bool = True, threads: int | None = None, workers: int | None = None,
+              encode_cache_mb: int | None = None, batch_size: int = 1) -> SweepResult:
+    """Evaluate the spec's unfinished cells. `workers`: local worker processes (default: the spec's,
+    else one per available core on a CPU, one on an accelerator); several run one thread each.
+    `encode_cache_mb`: each worker's encoding cache (models/encodings.py; 0 turns it off);
+    `batch_size`: samples packed per pass (engine/packed.py), speed only like `threads`."""
     from repro.eval import parallel
     from repro.runner.provenance import git_commit
 
     t0 = time.perf_counter()
     threads = threads or spec.threads
+    workers = workers or spec.workers or default_workers(spec.device, threads)
+    if executor == "local" and workers > 1:
+        threads = threads or 1  # one thread per worker process
     staged = staged or spec.staged
     from repro.devices import device_problem
 
@@ -92,9 +101,11 @@ def run_sweep(spec: Spec, store_root: Path | str, *, executor: str = "local", sl
     if not pending:
         outcome = Outcome(skipped=[c.key for c in cells])
     elif executor == "slurm":
-        outcome = run_slurm(pending, str(store.root), source, git_commit(), slurm or SlurmOptions(), threads)
+        outcome = run_slurm(pending, str(store.root), source, git_commit(), slurm or SlurmOptions(), threads,
+                            encode_cache_mb, batch_size)
     else:
-        outcome = run_cells(pending, str(store.root), source, git_commit(), progress, threads)
+        outcome = run_local(pending, str(store.root), source, git_commit(), progress, threads, workers,
+                            encode_cache_mb, batch_size)
     seconds = time.perf_counter() - t0
     say(f"sweep done in {seconds:.0f} s: {len(outcome.computed)} computed ({len(outcome.recomputed)} of them "
           f"replaced corrupt records), {len(cells) - len(outcome.computed)} reused", flush=True)

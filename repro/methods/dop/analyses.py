@@ -10,11 +10,16 @@ import numpy as np
 
 from repro.errors import ReproError
 from repro.methods.dop import grouped
+from repro.methods.dop.artifact import SearchArtifact
 from repro.methods.dop.outputs import write_csv
 from repro.methods.dop.policy import Policy, flops_grid, mlp_depth_bound
-from repro.methods.dop.artifact import SearchArtifact
-from repro.methods.dop.search import SampleRunner, additive_estimate, curve, policy_flops
-from repro.report.figures import pyplot, save
+from repro.methods.dop.search import (
+    SampleRunner,
+    additive_estimate,
+    curve,
+    policy_flops,
+)
+from repro.report.plotting import pyplot, save
 
 
 def is_grouped(artifact: SearchArtifact) -> bool:

@@ -1,4 +1,4 @@
-"""CSV tables the DOP analyses write (figures go through `repro.report.figures.save`)."""
+"""CSV tables the DOP analyses write (figures go through `repro.report.plotting.save`)."""
 
 from __future__ import annotations
 

@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from repro.errors import ReproError
+from repro.methods.dop.artifact import SearchArtifact, SearchOptions
 from repro.methods.dop.outputs import write_csv
 from repro.methods.dop.policy import Policy
-from repro.methods.dop.artifact import SearchArtifact, SearchOptions
 from repro.methods.dop.search import SampleRunner, policy_flops, search
-from repro.report.figures import pyplot, save
+from repro.report.plotting import pyplot, save
 
 
 class HeldOut:

@@ -13,11 +13,8 @@ from pathlib import Path
 
 from repro.budget import Budget, solve_knob
 from repro.errors import ReproError
-from repro.flops import unpruned_prefill_flops
+from repro.flops import DEFAULT_TEXT_TOKENS, unpruned_prefill_flops
 from repro.models.registry import ModelEntry
-
-#: 35-token vicuna_v1 prefix + 64 question/suffix tokens (MODELS.md section 8).
-DEFAULT_TEXT_TOKENS = 99
 
 #: DOP's headline budgets: 86 % and 77 % FLOPs reduction.
 RATIO_BUDGETS = (0.14, 0.23)
@@ -81,16 +78,6 @@ def flops_rows(models: Sequence[ModelEntry], text_tokens: int = DEFAULT_TEXT_TOK
     return rows
 
 
-def equal_flops_ratio(entry: ModelEntry, n_tokens: int, text_tokens: int = DEFAULT_TEXT_TOKENS) -> float:
-    """The FLOPs ratio of keeping `n_tokens` visual tokens in every layer, on the model's nominal
-    prompt (its card's visual tokens + `text_tokens`): a token budget at equal prefill TFLOPs."""
-    card = entry.card
-    if not 0 <= n_tokens <= card.visual_tokens:
-        raise ReproError(f"{entry.name} has {card.visual_tokens} visual tokens; cannot keep {n_tokens}")
-    return (unpruned_prefill_flops(card, n_tokens + text_tokens, "paper")
-            / unpruned_prefill_flops(card, card.visual_tokens + text_tokens, "paper"))
-
-
 def _cells(row: FlopsRow) -> list[str]:
     return [
         row.model,
@@ -105,9 +92,10 @@ def _cells(row: FlopsRow) -> list[str]:
 
 def render_markdown(rows: Sequence[FlopsRow]) -> str:
     """A Markdown table plus the notes that say how each row is computed."""
+    from repro.report.tables import markdown
+
     header = ["model", "budget", "convention", "visual tokens", "text tokens", "TFLOPs", "% of unpruned"]
-    lines = ["# Prefill FLOPs", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_cells(r)) + " |" for r in rows]
+    lines = ["# Prefill FLOPs", "", markdown([_cells(r) for r in rows], header)]
     lines += [""] + [f"- {note}" for note in NOTES]
     return "\n".join(lines) + "\n"
 
