@@ -117,6 +117,8 @@ def _accepts(hint: object, value: object) -> bool:
     if hint is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     origin = typing.get_origin(hint) or hint
+    if origin in (tuple, list):  # YAML and JSON give lists where a constructor annotates a tuple
+        return isinstance(value, (tuple, list))
     return isinstance(value, origin) if isinstance(origin, type) else True
 
 
