@@ -28,6 +28,7 @@ REPORTED = REPO / "paper_tables" / "reported"
 TOLERANCES = REPO / "paper_tables" / "tolerances.yaml"
 GOLDEN_COLUMNS = ["model", "model_revision", "method", "budget", "seed", "task", "benchmark", "metric", "value", "source",
                   "cpu_capability"]
+GOLDEN_REQUIRED = GOLDEN_COLUMNS[:-1]  # cpu_capability is optional (registries made before it)
 PAPER_SPECS = (REPO / "sweeps" / "paper" / "main.yaml", REPO / "sweeps" / "paper" / "budgets.yaml")
 UPDATE_COMMAND = "python -m repro check --profile tiny --update-golden"
 
@@ -214,7 +215,7 @@ def compare_golden(spec: Spec, store: Store, golden: Path, tols: dict[str, float
     are compared with its declared tolerances, and changed answers are reported, not failed."""
     if not golden.is_file():
         raise ReproError(f"no golden registry at {golden}; create it with `{UPDATE_COMMAND}`")
-    reference = read_registry(golden, GOLDEN_COLUMNS)
+    reference = read_registry(golden, GOLDEN_REQUIRED)
     ours = {_golden_key(r): r for r in golden_rows(spec, store)}
     stale = {(r["model"], r["model_revision"]) for r in reference} - {(r["model"], r["model_revision"]) for r in ours.values()}
     if stale:

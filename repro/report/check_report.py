@@ -54,7 +54,7 @@ def run_check(*, profile: str, spec_path: str | None, store: str | None, referen
 
         check_output_dir(out, "--out")
     if profile == "tiny":  # everything a user gives is checked before the sweep computes anything
-        from repro.check import GOLDEN_COLUMNS, UPDATE_COMMAND, read_registry
+        from repro.check import GOLDEN_REQUIRED, UPDATE_COMMAND, read_registry
 
         spec = load_spec(spec_path or REPO / "sweeps" / "tiny" / "golden.yaml")
         golden = Path(reference) if reference else GOLDEN
@@ -66,7 +66,7 @@ def run_check(*, profile: str, spec_path: str | None, store: str | None, referen
             load_tolerances(tolerances, "golden")
             if not golden.is_file():
                 raise ReproError(f"no golden registry at {golden}; create it with `{UPDATE_COMMAND}`")
-            read_registry(golden, GOLDEN_COLUMNS)
+            read_registry(golden, GOLDEN_REQUIRED)
         run_sweep(spec, store_obj.root, progress=False)
         if update_golden:
             print(f"wrote {write_golden(golden_rows(spec, store_obj), golden)}")
