@@ -19,10 +19,12 @@ Fields (all optional except `count`):
   inverse_budget   -> the tokens:T of the inverse check on tinyworld-llava
   not_applicable   -> {check name: reason} for checks that do not apply (no silent skips)
   xfail            -> {check name: reason} for known, measured failures (strict xfail)
+  undefined        -> {family: what its clear error says} where the method is not defined
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
 
@@ -37,6 +39,7 @@ class Shape(NamedTuple):
     n_layers: int
     n_visual: int  # visual tokens in the LLM input (LLaVA-NeXT: patches + row newlines)
     n_patches: int  # of which image patches
+    n_crops: int = 1  # LLaVA-NeXT: the base image and its tiles
 
 
 CHECKS = ("full", "tokens", "ratio", "flops", "inverse", "alternating", "determinism")
@@ -56,6 +59,7 @@ class MethodSettings:
     inverse_budget: str = "tokens:36"
     not_applicable: dict[str, str] = field(default_factory=dict)
     xfail: dict[str, str] = field(default_factory=dict)
+    undefined: dict[str, str] = field(default_factory=dict)
 
     def make(self, name: str, budget: str | None, shape: Shape, **extra):
         if self.build is not None:
@@ -110,6 +114,9 @@ def dop_build(budget: str | None, s: Shape):
 
 
 NO_SCORES = "keeps tokens without scores, so there is nothing to invert"
+NO_INVERSE = ("the reference has no inverse variant; its scores are checked by the hand-built cases in "
+              "tests/test_baselines_prellm.py")
+MERGES = "merges the tokens it drops into the kept ones, as the reference does, so no budget is the unpruned input"
 IN_TINYWORLD_TESTS = "runs in tests/test_tinyworld_llava.py over 192 samples"
 SETTINGS: dict[str, MethodSettings] = {
     "fastv": MethodSettings(
@@ -139,4 +146,28 @@ SETTINGS: dict[str, MethodSettings] = {
     "dart": MethodSettings(
         count=dart_count, ratios=(0.85,), infeasible="ratio:0.3",
         ratio_floor=0.9),  # realized counts move in steps of 8 tokens on 54-112 visual tokens
+    "divprune": MethodSettings(count=every_layer(lambda s, t: t), ratios=(0.5, 0.8), infeasible="ratio:0.01",
+                               not_applicable={"inverse": NO_INVERSE}),
+    "visionzip": MethodSettings(  # official NeXT packing: every crop patch, no newline tokens
+        count=every_layer(lambda s, t: t), full="patches", tokens=lambda s: s.n_patches // 2, ratios=(0.6, 0.8),
+        not_applicable={"full": MERGES, "inverse": NO_INVERSE}),
+    "cdpruner": MethodSettings(
+        count=every_layer(lambda s, t: t), full="patches", full_options={"full_crops": False},
+        tokens=lambda s: s.n_patches // 2, ratios=(0.6, 0.8), not_applicable={"inverse": NO_INVERSE}),
+    "prumerge_plus": MethodSettings(
+        count=every_layer(lambda s, t: t), full="patches", options={"mode": "fixed"},
+        tokens=lambda s: s.n_patches // 2, ratios=(0.6, 0.8), not_applicable={"full": MERGES, "inverse": NO_INVERSE}),
+    "trim": MethodSettings(  # 8 tokens: on LLaVA-NeXT only the base crop reaches the LLM (reference)
+        count=every_layer(lambda s, t: t), full="patches", tokens=lambda s: 8,
+        not_applicable={"full": MERGES + " (TRIM's mean token)", "inverse": NO_INVERSE,
+                        "ratio": "on LLaVA-NeXT only the base crop reaches the LLM, so most ratios cannot be met "
+                                 "from below; the shared per-image ratio solver is checked with the other methods"}),
+    "resize": MethodSettings(
+        count=every_layer(lambda s, t: s.n_crops * math.isqrt(t // s.n_crops) ** 2),  # s x s per crop
+        full="patches", tokens=lambda s: 9 * s.n_crops, ratios=(0.8,),
+        ratio_floor=0.5,  # pooled grids are squares: the realized count moves in steps of 2s+1 tokens
+        not_applicable={"inverse": NO_SCORES,
+                        "full": "LLaVA-NeXT: the grids are pooled without their newline tokens, so even the "
+                                "full budget is not the unpruned sequence (LLaVA-1.5 reproduces it)"},
+        undefined={"qwen2.5-vl": "max_pixels", "internvl3": "max_tiles"}),
 }

@@ -45,10 +45,19 @@ def method_cases(check: str):
     return out
 
 
+def defined(name: str, family: str) -> bool:
+    row = SETTINGS.get(name)
+    return row is None or FAMILY[family] not in row.undefined
+
+
 def cases(check: str):
-    """(method, family) pairs for `check`, over the four tiny families."""
+    """(method, family) pairs for `check`, over the tiny families each method defines."""
     return [pytest.param(p.values[0], family, marks=p.marks, id=f"{p.values[0]}-{family}")
-            for p in method_cases(check) for family in TINY]
+            for p in method_cases(check) for family in TINY if defined(p.values[0], family)]
+
+
+FAMILY = {"tiny-llava-1.5": "llava-1.5", "tiny-llava-next": "llava-next", "tiny-qwen2.5-vl": "qwen2.5-vl",
+          "tiny-internvl3": "internvl3"}
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +67,8 @@ def shapes(tiny_models):
         model = tiny_models[family]["sdpa"]
         prepared = model.prepare(make_image(7, IMAGE), QUESTION)
         visual = model.encode(prepared)
-        out[family] = Shape(model.family, model.card.layers, len(visual), visual.patches.numel())
+        out[family] = Shape(model.family, model.card.layers, len(visual), visual.patches.numel(),
+                            len(torch.unique(visual.meta["crop"][visual.meta["crop"] >= 0])))  # -1: newlines
     return out
 
 
@@ -78,6 +88,14 @@ def test_every_registered_method_has_settings():
     for name, row in SETTINGS.items():
         assert set(row.not_applicable) | set(row.xfail) <= set(CHECKS), name
         assert all(reason for reason in row.not_applicable.values()), name
+
+
+@pytest.mark.parametrize("name, family", [(n, f) for n, row in SETTINGS.items() for f in TINY
+                                          if FAMILY[f] in row.undefined])
+def test_a_family_the_method_does_not_define_is_a_clear_error(tiny_models, shapes, name, family):
+    row = settings(name)
+    with pytest.raises(ReproError, match=row.undefined[FAMILY[family]]):
+        run(tiny_models[family]["sdpa"], row.make(name, f"tokens:{row.tokens(shapes[family])}", shapes[family]))
 
 
 @pytest.mark.parametrize("name, family", cases("full"))
@@ -140,7 +158,7 @@ def test_same_input_same_output(tiny_models, shapes, name, family):
 def test_methods_alternating_on_one_model_equal_each_alone(tiny_models, shapes, family):
     """Every method in turn on one loaded model, per image, against each method's own run."""
     model, shape = tiny_models[family]["sdpa"], shapes[family]
-    names = [n for n in NAMES if "alternating" not in settings(n).not_applicable]
+    names = [n for n in NAMES if "alternating" not in settings(n).not_applicable and defined(n, family)]
     methods = {n: settings(n).make(n, f"tokens:{settings(n).tokens(shape)}", shape) for n in names}
     images = [make_image(i, IMAGE) for i in range(2)]
     def outcome(method, image):
