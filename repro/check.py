@@ -28,6 +28,7 @@ REPORTED = REPO / "paper_tables" / "reported"
 TOLERANCES = REPO / "paper_tables" / "tolerances.yaml"
 GOLDEN_COLUMNS = ["model", "model_revision", "method", "budget", "seed", "task", "benchmark", "metric", "value", "source",
                   "cpu_capability"]
+GOLDEN_REQUIRED = GOLDEN_COLUMNS[:-1]  # cpu_capability is optional (registries made before it)
 PAPER_SPECS = (REPO / "sweeps" / "paper" / "main.yaml", REPO / "sweeps" / "paper" / "budgets.yaml")
 UPDATE_COMMAND = "python -m repro check --profile tiny --update-golden"
 
@@ -82,16 +83,62 @@ def _tolerance_file(path: Path | str) -> dict:
     import yaml
 
     try:
-        return yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise ReproError(f"no tolerance file at {path} (paper_tables/tolerances.yaml in the repository)") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise ReproError(f"cannot read tolerances {path} ({type(err).__name__}); "
+                         "give a YAML file like paper_tables/tolerances.yaml") from None
+    if not isinstance(data, dict):
+        raise ReproError(f"{path}: tolerances are a mapping (golden:, reported:, ...) like paper_tables/tolerances.yaml")
+    return data
 
 
 def load_tolerances(path: Path | str, registry: str) -> dict[str, float]:
     table = _tolerance_file(path).get(registry)
     if not isinstance(table, dict) or "default" not in table:
         raise ReproError(f"{path}: needs a `{registry}:` mapping with a `default` tolerance")
+    bad = [str(k) for k, v in table.items() if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0]
+    if bad:
+        raise ReproError(f"{path}: tolerance(s) {', '.join(bad)} of `{registry}` must be numbers >= 0")
     return {str(k): float(v) for k, v in table.items()}
+
+
+REPORTED_COLUMNS = ["source", "source_table", "model", "method", "budget_kind", "budget_value", "benchmark", "metric",
+                    "value"]
+
+
+def read_registry(path: Path, columns: list[str]) -> list[dict]:
+    """The rows of a reference CSV; ReproError naming the file and its missing columns when it is not one."""
+    try:
+        with Path(path).open(encoding="utf-8", newline="") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in columns if c not in (reader.fieldnames or [])]
+            if missing:
+                raise ReproError(f"reference {path} is not a registry: column(s) {', '.join(missing)} missing "
+                                 f"(expected a CSV with the header {','.join(columns)})")
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise ReproError(f"cannot read reference {path} ({type(err).__name__}); give a CSV registry "
+                         f"with the header {','.join(columns)}") from None
+    short = next((i for i, r in enumerate(rows, start=2) if None in r.values() or None in r), None)
+    if short is not None:
+        raise ReproError(f"reference {path}: line {short} has another number of fields than the header")
+    return rows
+
+
+def reported_registries(registry: Path) -> list[Path]:
+    """The CSVs of a reported-numbers folder (or the one CSV given), each checked."""
+    registry = Path(registry)
+    if registry.is_file():
+        paths = [registry]
+    elif registry.is_dir():
+        paths = sorted(registry.glob("*.csv"))
+    else:
+        raise ReproError(f"no reference at {registry}; give a CSV or a folder of them (default {REPORTED})")
+    for path in paths:
+        read_registry(path, REPORTED_COLUMNS)
+    return paths
 
 
 def tolerance(tols: dict[str, float], metric: str) -> float:
@@ -168,8 +215,7 @@ def compare_golden(spec: Spec, store: Store, golden: Path, tols: dict[str, float
     are compared with its declared tolerances, and changed answers are reported, not failed."""
     if not golden.is_file():
         raise ReproError(f"no golden registry at {golden}; create it with `{UPDATE_COMMAND}`")
-    with golden.open(encoding="utf-8") as f:
-        reference = list(csv.DictReader(f))
+    reference = read_registry(golden, GOLDEN_REQUIRED)
     ours = {_golden_key(r): r for r in golden_rows(spec, store)}
     stale = {(r["model"], r["model_revision"]) for r in reference} - {(r["model"], r["model_revision"]) for r in ours.values()}
     if stale:
@@ -227,15 +273,16 @@ class Reported:
 def reported_references(registry: Path) -> dict[tuple, list[Reported]]:
     """(model, reported method, budget, benchmark) -> its reported values, preferred first."""
     found: dict[tuple, list[Reported]] = {}
-    for path in sorted(registry.glob("*.csv")):
-        with path.open(encoding="utf-8") as f:
-            for r in csv.DictReader(f):
-                ident = _reported_identity(r)
-                if ident is None or not r["value"]:
-                    continue
-                key = (ident[0], r["method"], ident[2], ident[3])
-                found.setdefault(key, []).append(
-                    Reported(float(r["value"]), r["metric"], path.name, r["source"], r["source_table"]))
+    for path in reported_registries(registry):
+        for line, r in enumerate(read_registry(path, REPORTED_COLUMNS), start=2):
+            where = f"{path}: line {line}"
+            ident = _reported_identity(r, where)
+            if ident is None or not r["value"]:
+                continue
+            key = (ident[0], r["method"], ident[2], ident[3])
+            found.setdefault(key, []).append(
+                Reported(_number(r["value"], where + ": value"), r["metric"], path.name, r["source"],
+                         r["source_table"]))
     for (model, method, _, _), values in found.items():
         values.sort(key=lambda v: v.rank(model, method))
     return found
@@ -254,8 +301,9 @@ def load_allowances(path: Path | str) -> dict[str, float]:
     """benchmark -> extra tolerance for a known protocol difference between the reporting papers
     and lmms-eval (`reported_protocol:` in the tolerance file)."""
     table = _tolerance_file(path).get("reported_protocol") or {}
-    if not isinstance(table, dict):
-        raise ReproError(f"{path}: `reported_protocol:` must map benchmarks to extra tolerances")
+    if not isinstance(table, dict) or any(isinstance(v, bool) or not isinstance(v, (int, float))
+                                          for v in table.values()):
+        raise ReproError(f"{path}: `reported_protocol:` must map benchmarks to extra tolerances (numbers)")
     return {str(k): float(v) for k, v in table.items()}
 
 
@@ -280,14 +328,21 @@ def compare_reported(specs: list[Spec], store: Store, registry: Path, tols: dict
     return out
 
 
-def _reported_identity(r: dict) -> tuple | None:
+def _number(text: str, where: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ReproError(f"{where} is {text!r}, not a number; fix the reference file") from None
+
+
+def _reported_identity(r: dict, where: str) -> tuple | None:
     model, method, bench = MODELS.get(r["model"]), METHODS.get(r["method"]), BENCHMARKS.get(r["benchmark"])
     if None in (model, method, bench) or r["metric"] not in COMPARABLE:
         return None
     if r["budget_kind"] == "all_visual_tokens":
         budget = "-"
     elif r["budget_kind"] == "retained_visual_tokens":
-        budget = f"tokens:{int(float(r['budget_value']))}"
+        budget = f"tokens:{int(_number(r['budget_value'], where + ': budget_value'))}"
     else:
         return None
     return (model, method, budget, bench)

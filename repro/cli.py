@@ -36,11 +36,29 @@ class Command:
     run: Callable[[argparse.Namespace], int]
 
 
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+class _Parser(argparse.ArgumentParser):
+    """argparse with a usage error as one line: `error: <what>; see <prog> --help`."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(USER_ERROR_EXIT, f"error: {message}; see `{self.prog} --help`\n")
+
+
+def _whole_number(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= {low}, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= {low}, got {value}")
     return value
+
+
+def _non_negative_int(text: str) -> int:
+    return _whole_number(text, 0)
+
+
+def _positive_int(text: str) -> int:
+    return _whole_number(text, 1)
 
 
 # --- models ---------------------------------------------------------------------------------
@@ -130,8 +148,10 @@ def _run_flops(args: argparse.Namespace) -> int:
     budget = as_budget(args.budget)
     models = _selected_models(args.model)
     if args.table:
+        from repro.paths import check_output_dir
         from repro.report.flops import write_flops_table
 
+        check_output_dir(args.out, "--out")
         for path in write_flops_table(args.out, models, args.text_tokens):
             print(f"wrote {path}")
         return 0
@@ -212,14 +232,10 @@ def _configure_generate(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_generate(args: argparse.Namespace) -> int:
-    from PIL import Image, UnidentifiedImageError
-
     import repro
+    from repro.models.model import read_image
 
-    try:
-        images = [Image.open(path).convert("RGB") for path in args.image]
-    except (OSError, UnidentifiedImageError) as err:
-        raise ReproError(f"cannot read image: {err}") from None
+    images = [read_image(path) for path in args.image]
     method = repro.method(args.method, args.budget) if args.method else None
     if method is None and args.budget:
         raise ReproError("--budget needs --method")
@@ -246,14 +262,14 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budgets", default="ratio:0.14,ratio:0.23", help="comma-separated ratio:R / tflops:X")
     parser.add_argument("--mha-semantics", default="drop", help="drop (default) or query_skip")
     parser.add_argument("--kl-direction", default="forward", help="forward (default) or reverse")
-    parser.add_argument("--kl-tokens", type=int, default=1, help="answer tokens the KL averages over (default 1)")
+    parser.add_argument("--kl-tokens", type=_positive_int, default=1, help="answer tokens the KL averages over (default 1)")
     parser.add_argument("--interpolation", default="linear", help="linear (default) or pchip (monotone cubic)")
     parser.add_argument("--groups", default="single",
                         help="single (default: one visual group) or reducer (D_A, D_P per reducer token group)")
-    parser.add_argument("--depth-step", type=int, default=None,
+    parser.add_argument("--depth-step", type=_positive_int, default=None,
                         help="layers between sampled depths, ends included (default L/8, at least 1; recorded)")
-    parser.add_argument("--visual-points", type=int, default=8, help="sampled visual-token counts")
-    parser.add_argument("--threads", type=int, default=1,
+    parser.add_argument("--visual-points", type=_positive_int, default=8, help="sampled visual-token counts")
+    parser.add_argument("--threads", type=_non_negative_int, default=1,
                         help="torch CPU threads (default 1, as the shipped sweeps: on a shared 2-core machine 1 "
                              "thread is many times faster; 0: torch's default)")
 
@@ -278,7 +294,7 @@ def _budget_list(text: str) -> list[str]:
 def _configure_search(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("method", choices=["dop"], help="the method whose policy is searched")
     parser.add_argument("--model", required=True)
-    parser.add_argument("--samples", type=_non_negative_int, default=25)
+    parser.add_argument("--samples", type=_positive_int, default=25)
     parser.add_argument("--out", required=True, help="artifact path (JSON)")
     _add_search_options(parser)
 
@@ -288,6 +304,9 @@ def _run_search(args: argparse.Namespace) -> int:
     from repro.calibration import calibration_set
     from repro.methods.dop.search import save_artifact, search
 
+    from repro.paths import check_output_file
+
+    check_output_file(args.out, "--out")
     options = _search_options(args)
     cal = calibration_set(args.calibration, args.samples, staged=args.staged)
     model = repro.load(args.model)
@@ -323,10 +342,10 @@ def _configure_analyze(parser: argparse.ArgumentParser) -> None:
                         help="dop-proxy: the model (default: the artifact's); dop-samples: the model; "
                              "dop-transfer: the source model")
     parser.add_argument("--target-model", default=None, help="dop-transfer: the model the policy is applied to")
-    parser.add_argument("--policies", type=_non_negative_int, default=200, help="dop-proxy: random feasible policies")
+    parser.add_argument("--policies", type=_positive_int, default=200, help="dop-proxy: random feasible policies")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sample-counts", default="25,50,100", help="dop-samples: calibration sizes searched")
-    parser.add_argument("--samples", type=_non_negative_int, default=25, help="dop-transfer: calibration samples")
+    parser.add_argument("--samples", type=_positive_int, default=25, help="dop-transfer: calibration samples")
     parser.add_argument("--heldout", type=_non_negative_int, default=25,
                         help="dop-proxy: held-out samples for a held-out rho too (0: none); dop-samples, dop-transfer: "
                              "held-out samples (after the calibration ones) for the true KL")
@@ -335,6 +354,9 @@ def _configure_analyze(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_analyze(args: argparse.Namespace) -> int:
+    from repro.paths import check_output_dir
+
+    check_output_dir(args.out, "--out")
     if args.analysis in ("dop-proxy", "dop-curves"):
         paths = _run_artifact_analysis(args)
     else:
@@ -433,10 +455,10 @@ def _configure_latency(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image", default=None, help="a real image file instead of the synthetic one")
     parser.add_argument("--protocol", default=None, choices=["native", "fixed"],
                         help="LLaVA-NeXT: 'fixed' is the 672x672 / 2880-token protocol of VisPruner and CDPruner")
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--answer-tokens", type=int, default=16, help="fixed answer length for decode/end-to-end")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's); recorded")
+    parser.add_argument("--repeats", type=_positive_int, default=20)
+    parser.add_argument("--warmup", type=_non_negative_int, default=3)
+    parser.add_argument("--answer-tokens", type=_positive_int, default=16, help="fixed answer length for decode/end-to-end")
+    parser.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: torch's); recorded")
     parser.add_argument("--out", default=None, help="write latency.{md,tex,csv} and records JSON here")
 
 
@@ -449,18 +471,34 @@ def _apply_latency_spec(args: argparse.Namespace) -> argparse.Namespace:
             spec = yaml.safe_load(Path(args.spec).read_text(encoding="utf-8")) or {}
         except (OSError, yaml.YAMLError) as err:
             raise ReproError(f"cannot read latency spec {args.spec}: {err}") from None
+        if not isinstance(spec, dict):
+            raise ReproError(f"{args.spec}: a latency spec is a mapping of `python -m repro latency` options")
         defaults = vars(build_parser().parse_args(["latency"]))
+        types = _option_types("latency")
         for key, value in spec.items():
             dest = str(key).replace("-", "_")
             if dest in ("profile", "table"):
                 continue
             if dest == "spec" or not hasattr(args, dest):
                 raise ReproError(f"{args.spec}: unknown latency option {key!r}; see `python -m repro latency --help`")
+            value = ",".join(map(str, value)) if isinstance(value, list) else value
+            if types.get(dest) is not None and value is not None:
+                try:
+                    value = types[dest](str(value))
+                except (argparse.ArgumentTypeError, ValueError) as err:
+                    raise ReproError(f"{args.spec}: {key}: {err}") from None
             if getattr(args, dest) == defaults[dest]:  # options given on the command line win
-                setattr(args, dest, ",".join(map(str, value)) if isinstance(value, list) else value)
+                setattr(args, dest, value)
     if not args.model:
         raise ReproError("latency needs --model (or a --spec that names a model)")
     return args
+
+
+def _option_types(command: str) -> dict:
+    """dest -> the argparse `type` of each option of `command` (to check values from a spec file)."""
+    parser = argparse.ArgumentParser()
+    COMMANDS[command].configure(parser)
+    return {a.dest: a.type for a in parser._actions if a.type is not None and not isinstance(a.type, str)}
 
 
 def _run_latency(args: argparse.Namespace) -> int:
@@ -476,6 +514,10 @@ def _run_latency(args: argparse.Namespace) -> int:
     from repro.report.latency_table import COLUMNS, table_rows, write_latency_table
 
     check_device(args.device)
+    if args.out:
+        from repro.paths import check_output_dir
+
+        check_output_dir(args.out, "--out")
     if args.threads:
         import torch
 
@@ -509,12 +551,9 @@ def _run_latency(args: argparse.Namespace) -> int:
 
 
 def _read_image(path: str):
-    from PIL import Image, UnidentifiedImageError
+    from repro.models.model import read_image
 
-    try:
-        return Image.open(path).convert("RGB")
-    except (OSError, UnidentifiedImageError) as err:
-        raise ReproError(f"cannot read image: {err}") from None
+    return read_image(path)
 
 
 # --- sweep / tables / check ---------------------------------------------------------------
@@ -524,7 +563,7 @@ def _configure_sweep(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("spec", help="a sweep spec, e.g. sweeps/tiny/main.yaml")
     parser.add_argument("--store", default=None, help="results store (default results/<profile>/store)")
     parser.add_argument("--models", default=None, help="comma-separated subset of the spec's models")
-    parser.add_argument("--limit", type=_non_negative_int, default=None, help="override the spec's documents per task")
+    parser.add_argument("--limit", type=_positive_int, default=None, help="override the spec's documents per task")
     parser.add_argument("--executor", choices=["local", "slurm"], default="local",
                         help="local: in this process (default); slurm: submitit jobs")
     parser.add_argument("--slurm-partition", default=None)
@@ -533,23 +572,23 @@ def _configure_sweep(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--slurm-constraint", default=None, help="SLURM node features, e.g. a100|h100 (--constraint)")
     parser.add_argument("--slurm-mem-gb", type=_non_negative_int, default=64, help="memory per job in GB")
     parser.add_argument("--gpus-per-job", type=_non_negative_int, default=1)
-    parser.add_argument("--cpus-per-job", type=_non_negative_int, default=8)
-    parser.add_argument("--rows-per-job", type=_non_negative_int, default=1,
+    parser.add_argument("--cpus-per-job", type=_positive_int, default=8)
+    parser.add_argument("--rows-per-job", type=_positive_int, default=1,
                         help="rows (model x method x budget x seed, all tasks) per SLURM job")
-    parser.add_argument("--slurm-timeout-min", type=_non_negative_int, default=24 * 60)
+    parser.add_argument("--slurm-timeout-min", type=_positive_int, default=24 * 60)
     parser.add_argument("--slurm-cluster", choices=["slurm", "local", "debug"], default=None,
                         help="submitit cluster (default: SLURM when available); 'local' runs the jobs as local processes")
     parser.add_argument("--staged", default=None, help="paper profile: staged datasets (default: the spec's, else data/staged)")
     parser.add_argument("--data-dir", default=None, help="tiny profile: tiny-world data (default: the per-user cache)")
     parser.add_argument("--tables", default=None, help="table folder (default paper_tables/<profile>)")
     parser.add_argument("--figures", default=None, help="figure folder (default results/<profile>/figures)")
-    parser.add_argument("--threads", type=_non_negative_int, default=None, help="torch CPU threads (default: the spec's `threads`)")
-    parser.add_argument("--workers", type=_non_negative_int, default=None,
+    parser.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: the spec's `threads`)")
+    parser.add_argument("--workers", type=_positive_int, default=None,
                         help="local executor: worker processes, one thread each when several (default: the spec's "
                              "`workers`, else one per available core on a CPU, one on an accelerator)")
     parser.add_argument("--encode-cache-mb", type=_non_negative_int, default=None,
                         help="each worker's cache of image encodings, in MiB (default 1024; 0 turns it off)")
-    parser.add_argument("--batch-size", type=_non_negative_int, default=1,
+    parser.add_argument("--batch-size", type=_positive_int, default=1,
                         help="samples packed into one pass (equal to 1 up to fp32 rounding; 1 on a CPU: packing "
                              "does not pay there)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and the missing inputs; compute nothing")
@@ -569,8 +608,12 @@ def _run_sweep(args: argparse.Namespace) -> int:
         plan = make_plan(spec, staged)
         print("\n".join(plan.lines()))
         return 0
+    from repro.paths import check_output_dir
+    from repro.report.sweep import default_figures_dir, default_tables_dir
     from repro.runner.executors import SlurmOptions
 
+    check_output_dir(args.tables or default_tables_dir(spec.profile), "--tables")
+    check_output_dir(args.figures or default_figures_dir(spec.profile), "--figures")
     store = Path(args.store) if args.store else default_store(spec.profile)
     slurm = SlurmOptions(partition=args.slurm_partition, account=args.slurm_account, qos=args.slurm_qos,
                          constraint=args.slurm_constraint, mem_gb=args.slurm_mem_gb, gpus_per_job=args.gpus_per_job,
@@ -598,13 +641,18 @@ def _configure_tables(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_tables(args: argparse.Namespace) -> int:
+    from repro.paths import check_output_dir
+    from repro.report.sweep import default_figures_dir, default_tables_dir
     from repro.runner.spec import load_spec
     from repro.runner.store import Store
     from repro.runner.sweep import default_store
 
     spec = load_spec(args.spec)
-    return _report(spec, Store(args.store or default_store(spec.profile)), args, data_dir=args.data_dir,
-                   staged=args.staged or spec.staged)
+    store = Store(args.store or default_store(spec.profile))
+    store.check_usable(writing=False)
+    check_output_dir(args.tables or default_tables_dir(spec.profile), "--tables")
+    check_output_dir(args.figures or default_figures_dir(spec.profile), "--figures")
+    return _report(spec, store, args, data_dir=args.data_dir, staged=args.staged or spec.staged)
 
 
 def _report(spec, store, args: argparse.Namespace, **where) -> int:
@@ -677,11 +725,11 @@ COMMANDS: MappingProxyType[str, Command] = MappingProxyType(
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with one subparser per entry of COMMANDS."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m repro",
         description="Reproduction harness for DOP (arXiv 2507.02909) and visual-token-pruning baselines.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
     for name, command in COMMANDS.items():
         sub_parser = sub.add_parser(name, help=command.help, description=command.help)
         command.configure(sub_parser)
@@ -689,12 +737,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; user errors print `error: ...` and return 2."""
-    args = build_parser().parse_args(argv)
+    """Run one command; user errors print one line, `error: ...`, and return 2. An OSError about
+    a path the user gave (permissions, a file where a folder belongs, a full disk) is a user error
+    too; any other exception is our bug and keeps its traceback."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:  # --help (0) or a usage error, already printed as one line
+        return int(stop.code or 0)
     try:
         return COMMANDS[args.command].run(args)
     except ReproError as err:
         print(f"error: {err}", file=sys.stderr)
+        return USER_ERROR_EXIT
+    except OSError as err:
+        if err.filename is None:
+            raise
+        print(f"error: {err.filename}: {err.strerror or err}; check the path and its permissions", file=sys.stderr)
         return USER_ERROR_EXIT
 
 

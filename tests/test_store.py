@@ -107,7 +107,7 @@ def test_artifacts_detect_corruption(tmp_path):
     ("[tinyworld_gqa,", "[tinyworld_gqaa,", "unknown task 'tinyworld_gqaa' for profile tiny (did you mean tinyworld_gqa"),
     ("[tinyworld-llava]", "[llava-7b]", "unknown model 'llava-7b'; use a name from `python -m repro models`"),
     ("{k: 1}", "{kk: 1}", "bad options for method 'fastv'"),
-    ("limit: 2", "colour: red", "unknown key(s) colour"),
+    ("limit: 2", "colour: red", "colour: unknown key; allowed:"),
 ])
 def test_bad_specs_fail_with_one_clear_error(tmp_path, old, new, message):
     path = tmp_path / "bad.yaml"

@@ -55,6 +55,7 @@ IGNORED = ("max_batch_size",)  # added by lmms-eval
 DEFAULTS = {"model": "tinyworld-llava", "method": "none", "budget": "none", "options": "{}", "dtype": "float32",
             "attn": "sdpa", "device": "cpu", "model_options": "{}", "revision": "main", "batch_size": 1}
 DTYPES = ("float32", "bfloat16", "float16")
+ATTNS = ("sdpa", "eager", "flash_attention_2")
 DEFAULT_MAX_NEW_TOKENS = 1024  # what lmms-eval's llava_hf uses when a task sets none
 
 
@@ -98,6 +99,20 @@ def check_model_args(args: dict[str, Any]) -> dict[str, Any]:
     out = {**DEFAULTS, **{k: v for k, v in args.items() if k in ACCEPTED}}
     if str(out["dtype"]) not in DTYPES:
         raise ReproError(f"model_args dtype={out['dtype']!r}; choose one of {', '.join(DTYPES)}")
+    if str(out["attn"]) not in ATTNS:
+        raise ReproError(f"model_args attn={out['attn']!r}; choose one of {', '.join(ATTNS)}")
+    from repro.devices import device_problem
+
+    problem = device_problem(out["device"])
+    if problem:
+        raise ReproError(f"model_args {problem}")
+    if not _none(out["budget"]):
+        from repro.budget import as_budget
+
+        try:
+            as_budget(str(out["budget"]))
+        except ReproError as err:
+            raise ReproError(f"model_args budget: {err}") from None
     try:
         out["batch_size"] = int(out["batch_size"])
     except (TypeError, ValueError):

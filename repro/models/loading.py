@@ -54,7 +54,7 @@ def load(name_or_path: str, *, dtype: torch.dtype | str | None = None, device: s
     `min_pixels`/`max_pixels` (the processor's resize bounds, which set the token count);
     InternVL3 `min_tiles`/`max_tiles` (dynamic tiling bounds, default 1 and 12).
     """
-    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    name_or_path, dtype = _checked(name_or_path, dtype, device, attn_implementation)
     if name_or_path in TINY_BUILDERS:
         hf, processor = TINY_BUILDERS[name_or_path]()
         name = name_or_path
@@ -81,6 +81,37 @@ def load(name_or_path: str, *, dtype: torch.dtype | str | None = None, device: s
     return Model(name, hf, processor, adapter_cls(hf, processor), ArchCard.from_hf_config(hf.config),
                  attn_implementation=attn_implementation,
                  random_weights=random_weights or name_or_path in TINY_BUILDERS)
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+
+
+def _checked(name_or_path: Any, dtype: Any, device: Any, attn_implementation: Any) -> tuple[str, torch.dtype | None]:
+    """`load`'s arguments checked before anything is built: ReproError naming the fix."""
+    import os
+
+    if isinstance(name_or_path, os.PathLike):
+        name_or_path = os.fspath(name_or_path)
+    if not isinstance(name_or_path, str) or not name_or_path.strip():
+        raise ReproError(f"repro.load needs a model name or path (a non-empty string), got {name_or_path!r}; "
+                         "see `python -m repro models`")
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ReproError(f"dtype {dtype!r} is not supported; use one of {', '.join(DTYPES)}")
+        dtype = DTYPES[dtype]
+    elif dtype is not None and not isinstance(dtype, torch.dtype):
+        raise ReproError(f"dtype must be a string ({', '.join(DTYPES)}) or a torch.dtype, got {dtype!r}")
+    if attn_implementation not in ATTN_IMPLEMENTATIONS:
+        raise ReproError(f"attn_implementation {attn_implementation!r} is not supported; "
+                         f"use one of {', '.join(ATTN_IMPLEMENTATIONS)}")
+    if device is not None and str(device) != "meta":
+        from repro.devices import device_problem
+
+        problem = device_problem(device)
+        if problem:
+            raise ReproError(problem)
+    return name_or_path, dtype
 
 
 def _entry_or_error(name: str) -> ModelEntry:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence as AbcSequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Sequence as Seq
+from typing import TYPE_CHECKING, Any, Sequence as Seq, Union
 
 import torch
 from PIL import Image
@@ -12,11 +14,44 @@ from torch import Tensor
 from repro import flops
 from repro.engine import Engine, LayerRecord, PrefillOutput, Schedule, Sequence
 from repro.models.adapter import Adapter, Prepared, VisualTokens
+from repro.errors import ReproError
 from repro.models.cards import ArchCard
 from repro.models.encodings import EncodingCache
 
 if TYPE_CHECKING:
     from repro.methods.base import Method
+
+ImagesLike = Union[Image.Image, str, os.PathLike, Seq[Union[Image.Image, str, os.PathLike]]]
+
+
+def as_images(images: ImagesLike) -> list[Image.Image]:
+    """A list of PIL images from an image, an image file path, or a sequence of either."""
+    if isinstance(images, (Image.Image, str, os.PathLike)):
+        images = [images]
+    elif not isinstance(images, AbcSequence):
+        raise ReproError(f"images must be a PIL image, an image file path, or a list of them; got {type(images).__name__}")
+    out = []
+    for item in images:
+        if isinstance(item, Image.Image):
+            out.append(item)
+        elif isinstance(item, (str, os.PathLike)):
+            out.append(read_image(item))
+        else:
+            raise ReproError(f"images must be PIL images or image file paths; got {type(item).__name__}")
+    if not out:
+        raise ReproError("give at least one image")
+    return out
+
+
+def read_image(path: str | os.PathLike) -> Image.Image:
+    """An image file as RGB; ReproError naming the file when it cannot be read."""
+    from PIL import UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, UnidentifiedImageError) as err:
+        raise ReproError(f"cannot read image {os.fspath(path)}: {err.strerror or err}; give a PNG or JPEG file") from None
 
 
 @dataclass(frozen=True)
@@ -95,9 +130,10 @@ class Model:
         return self.processor.tokenizer
 
     # The data path, step by step (methods and analyses call these directly).
-    def prepare(self, images: Image.Image | Seq[Image.Image], question: str) -> Prepared:
-        images = [images] if isinstance(images, Image.Image) else list(images)
-        return self.adapter.prepare(images, question)
+    def prepare(self, images: ImagesLike, question: str) -> Prepared:
+        if not isinstance(question, str):
+            raise ReproError(f"question must be text, got {type(question).__name__}")
+        return self.adapter.prepare(as_images(images), question)
 
     @torch.inference_mode()
     def encode(self, prepared: Prepared, *, cached: bool = True) -> VisualTokens:
@@ -117,9 +153,16 @@ class Model:
                      out.probe_flops / 1e12)
 
     @torch.inference_mode()
-    def generate(self, images: Image.Image | Seq[Image.Image], question: str, *, method: "Method | None" = None,
+    def generate(self, images: ImagesLike, question: str, *, method: "Method | None" = None,
                  max_new_tokens: int = 16, stop: Seq[str] = ()) -> Result:
-        """Answer `question` about `images` greedily, with `method` deciding what is computed."""
+        """Answer `question` about `images` (PIL images or image files) greedily, with `method`
+        deciding what is computed."""
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+            raise ReproError(f"max_new_tokens must be a whole number >= 0, got {max_new_tokens!r}")
+        if method is not None and not (hasattr(method, "reduce") and hasattr(method, "planner")):
+            raise ReproError(f"method must be built with repro.method(name, budget, ...), got {method!r}")
+        if isinstance(stop, str):
+            stop = (stop,)
         prepared, seq, planner, dead_ops = self._plan(images, question, method)
         out = self.engine.prefill(seq, planner)
         tokens = list(self.engine.greedy(out, max_new_tokens, self.eos_ids(), self._stopper(stop)))

@@ -49,10 +49,25 @@ def run_check(*, profile: str, spec_path: str | None, store: str | None, referen
     from repro.runner.sweep import default_store, run_sweep
 
     store_obj = Store(store or default_store(profile))
-    if profile == "tiny":
+    if out:
+        from repro.paths import check_output_dir
+
+        check_output_dir(out, "--out")
+    if profile == "tiny":  # everything a user gives is checked before the sweep computes anything
+        from repro.check import GOLDEN_REQUIRED, UPDATE_COMMAND, read_registry
+
         spec = load_spec(spec_path or REPO / "sweeps" / "tiny" / "golden.yaml")
-        run_sweep(spec, store_obj.root, progress=False)
         golden = Path(reference) if reference else GOLDEN
+        if update_golden:
+            from repro.paths import check_output_file
+
+            check_output_file(golden, "--reference")
+        else:
+            load_tolerances(tolerances, "golden")
+            if not golden.is_file():
+                raise ReproError(f"no golden registry at {golden}; create it with `{UPDATE_COMMAND}`")
+            read_registry(golden, GOLDEN_REQUIRED)
+        run_sweep(spec, store_obj.root, progress=False)
         if update_golden:
             print(f"wrote {write_golden(golden_rows(spec, store_obj), golden)}")
             return 0

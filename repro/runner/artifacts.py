@@ -58,10 +58,10 @@ def fit_request(entry: MethodEntry | Cell, profile: str = "tiny", where: str = "
                          f"(methods with one: {', '.join(fitting)})")
     fit = dict(entry.search or {})
     source = str(fit.pop("calibration", DEFAULT_CALIBRATION.get(profile, "tinyworld")))
-    try:
-        samples = int(fit.pop("samples", DEFAULT_SAMPLES))
-    except (TypeError, ValueError):
-        raise ReproError(f"{where}: `samples` of method {name!r}'s search must be an integer") from None
+    samples = fit.pop("samples", DEFAULT_SAMPLES)
+    if not isinstance(samples, int) or isinstance(samples, bool):  # 2.5 is not 2
+        raise ReproError(f"{where}: `samples` of method {name!r}'s search must be a whole number >= 1, "
+                         f"got {samples!r}")
     if samples < 1:
         raise ReproError(f"{where}: method {name!r}'s search needs samples >= 1, got {samples}")
     from repro.calibration import check_source

@@ -294,6 +294,8 @@ def run_cells(cells: list[Cell], store_root: str, source: DataSource, commit: st
                 return False
             if status == "done":
                 outcome.skipped.append(cell.key)
+            elif status.startswith("unreadable"):  # another account's record, or a folder: never overwritten
+                raise ReproError(f"cell {cell.describe()}: {status.removeprefix('unreadable: ')}")
             else:
                 if status.startswith("corrupt"):
                     if main:

@@ -31,11 +31,6 @@ from repro.errors import ReproError
 
 FORMAT = "repro-cell/1"
 UNPRUNED = "none"
-PROFILES = ("tiny", "paper")
-SPEC_KEYS = {"profile", "table", "description", "models", "tasks", "split", "limit", "seeds", "dtype", "attn",
-             "device", "budgets", "methods", "revision", "model_options", "subset", "staged", "figures", "threads",
-             "workers"}
-METHOD_KEYS = {"name", "options", "budgets", "search", "label"}
 
 
 def canonical_json(obj: Any) -> str:
@@ -155,60 +150,60 @@ def harness_version() -> str:
 
 # --------------------------------------------------------------------------- loading
 
-def _as_list(value: Any, what: str, path: str) -> list:
+def _as_list(value: Any) -> list:
     if value is None:
         return []
-    if isinstance(value, (str, int, float)):
-        return [value]
-    if isinstance(value, list):
-        return value
-    raise ReproError(f"{path}: `{what}` must be a list, got {type(value).__name__}")
+    return value if isinstance(value, list) else [value]
 
 
 def load_spec(path: Path | str, *, models: list[str] | None = None, limit: int | None = None) -> Spec:
     """Read and validate a sweep spec. `models` restricts it (the run_all.sh --models option),
-    `limit` overrides its per-task document limit. Errors name the fix."""
+    `limit` overrides its per-task document limit. Every bad field is reported at once, in one
+    ReproError naming the fixes, before anything loads (repro.runner.schema declares the fields)."""
     import yaml
+
+    from repro.runner import schema
 
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise ReproError(f"no sweep spec at {path}; the shipped ones are under sweeps/<profile>/") from None
+    except IsADirectoryError:
+        raise ReproError(f"{path} is a folder; give a sweep spec file, e.g. sweeps/tiny/main.yaml") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ReproError(f"cannot read sweep spec {path} ({type(err).__name__}: {err}); check the path") from None
     except yaml.YAMLError as err:
-        raise ReproError(f"{path} is not valid YAML: {err}") from None
+        raise ReproError(f"{path} is not valid YAML: {' '.join(str(err).split())}") from None
     if not isinstance(raw, dict):
         raise ReproError(f"{path}: a sweep spec is a mapping (profile, models, tasks, methods, ...)")
-    unknown = sorted(set(raw) - SPEC_KEYS)
-    if unknown:
-        raise ReproError(f"{path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(SPEC_KEYS))}")
     p = str(path)
+    if limit is not None:
+        raw = {**raw, "limit": limit}
+    bad = schema.problems(raw)
+    if bad:
+        raise ReproError(f"{p}: {len(bad)} problem(s): " + "; ".join(bad))
     profile = raw.get("profile", "tiny")
-    if profile not in PROFILES:
-        raise ReproError(f"{p}: profile must be one of {', '.join(PROFILES)}, got {profile!r}")
-    default_budgets = _budgets(raw.get("budgets"), p)
-    methods = tuple(_method_entry(m, default_budgets, p) for m in _as_list(raw.get("methods"), "methods", p))
-    if not methods:
-        raise ReproError(f"{p}: list at least one method under `methods` (`- name: none` is the unpruned model)")
-    spec_models = [str(m) for m in _as_list(raw.get("models"), "models", p)]
+    default_budgets = _budgets(raw.get("budgets"))
+    methods = tuple(_method_entry(m, default_budgets) for m in _as_list(raw.get("methods")))
+    spec_models = [str(m) for m in _as_list(raw.get("models"))]
     if models:
         missing = [m for m in models if m not in spec_models]
         if missing:
             raise ReproError(f"--models {','.join(missing)} not in {p} (it has {', '.join(spec_models)}); "
                              "add them to the spec's `models` list")
         spec_models = [m for m in spec_models if m in models]
+    if not methods:
+        raise ReproError(f"{p}: list at least one method under `methods` (`- name: none` is the unpruned model)")
     if not spec_models:
         raise ReproError(f"{p}: list at least one model under `models` (see `python -m repro models`)")
     split = raw.get("split", "test")
-    tasks = expand_tasks([str(t) for t in _as_list(raw.get("tasks"), "tasks", p)], profile, split, p)
-    spec = Spec(path=p, profile=profile, table=str(raw.get("table", path.stem)), models=tuple(spec_models),
-                tasks=tuple(tasks), methods=methods,
-                seeds=tuple(int(s) for s in _as_list(raw.get("seeds", [0]), "seeds", p)),
-                limit=limit if limit is not None else raw.get("limit"), dtype=str(raw.get("dtype", "float32")),
-                attn=str(raw.get("attn", "sdpa")), device=str(raw.get("device", "cpu")),
-                revision=str(raw.get("revision", "main")), staged=raw.get("staged"),
-                figures=tuple(_as_list(raw.get("figures"), "figures", p)),
-                threads=int(raw["threads"]) if raw.get("threads") else None,
+    tasks = expand_tasks([str(t) for t in _as_list(raw.get("tasks"))], profile, split, p)
+    spec = Spec(path=p, profile=profile, table=str(raw.get("table") or path.stem), models=tuple(spec_models),
+                tasks=tuple(tasks), methods=methods, seeds=tuple(_as_list(raw.get("seeds", [0]))),
+                limit=raw.get("limit"), dtype=raw.get("dtype", "float32"), attn=raw.get("attn", "sdpa"),
+                device=raw.get("device", "cpu"), revision=raw.get("revision", "main"), staged=raw.get("staged"),
+                figures=tuple(_as_list(raw.get("figures"))), threads=raw.get("threads"),
                 model_options=_model_options(raw.get("model_options"), spec_models, p),
                 subset=_subset(raw.get("subset"), profile, p),
                 workers=_positive(raw.get("workers"), "workers", p))
@@ -260,27 +255,20 @@ def _model_options(value: Any, models: list[str], path: str) -> dict:
     return out
 
 
-def _method_entry(m: Any, default_budgets: tuple, path: str) -> MethodEntry:
+def _method_entry(m: Any, default_budgets: dict) -> MethodEntry:
+    """A method of a spec the schema has accepted (`- fastv` is `- name: fastv`)."""
     if isinstance(m, str):
         m = {"name": m}
-    if not isinstance(m, dict) or "name" not in m:
-        raise ReproError(f"{path}: each method is a mapping with at least `name` (e.g. `- name: fastv`)")
-    unknown = sorted(set(m) - METHOD_KEYS)
-    if unknown:
-        raise ReproError(f"{path}: method {m['name']!r} has unknown key(s) {', '.join(unknown)}; "
-                         f"allowed: {', '.join(sorted(METHOD_KEYS))}")
     name = str(m["name"])
-    budgets = _budgets(m["budgets"], path) if m.get("budgets") else default_budgets
+    budgets = _budgets(m["budgets"]) if m.get("budgets") else default_budgets
     options = m.get("options") or {}
-    if not isinstance(options, dict):
-        raise ReproError(f"{path}: options of method {name!r} must be a mapping")
     if name == UNPRUNED:
         return MethodEntry(name, {}, (None,), None, m.get("label"))
     return MethodEntry(name, dict(options), budgets["default"], m.get("search"), m.get("label"),
                        {k: v for k, v in budgets.items() if k != "default"})
 
 
-EQUAL_FLOPS = "flops-of-tokens"
+EQUAL_FLOPS = "flops-of-tokens"  # also named in repro.runner.schema, which checks the form
 
 
 def resolve_budget(text: str | None, model: str) -> tuple[str | None, str]:
@@ -300,13 +288,13 @@ def resolve_budget(text: str | None, model: str) -> tuple[str | None, str]:
     return f"ratio:{equal_flops_ratio(entry, int(raw)):.4f}", str(text)
 
 
-def _budgets(value: Any, path: str) -> dict[str, tuple]:
-    """{'default': (...), model: (...)} from a list or a model -> list mapping."""
+def _budgets(value: Any) -> dict[str, tuple]:
+    """{'default': (...), model: (...)} from a list or a model -> list mapping (schema-checked)."""
     if isinstance(value, dict):
-        out = {str(k): tuple(str(b) for b in _as_list(v, f"budgets.{k}", path)) for k, v in value.items()}
+        out = {str(k): tuple(str(b) for b in _as_list(v)) for k, v in value.items()}
         out.setdefault("default", (None,))
         return out
-    return {"default": tuple(str(b) for b in _as_list(value, "budgets", path)) or (None,)}
+    return {"default": tuple(str(b) for b in _as_list(value)) or (None,)}
 
 
 def expand_tasks(names: list[str], profile: str, split: str, path: str) -> list[str]:
@@ -344,33 +332,37 @@ def expand_tasks(names: list[str], profile: str, split: str, path: str) -> list[
 
 
 def check_spec(spec: Spec) -> None:
-    """Unknown models and methods, and bad method options, fail here, before any compute."""
+    """Unknown models and methods, and bad method options, fail here, before any compute: every
+    problem at once, in one ReproError."""
     from repro.models.registry import entries
     from repro.models.shipped import SHIPPED
     from repro.models.tiny import TINY_BUILDERS
 
+    bad = []
     if spec.limit is not None and spec.limit % 2 and any("mme" in t for t in spec.tasks):
-        raise ReproError(f"{spec.path}: limit {spec.limit} is odd, but MME scores question pairs; use an even limit")
+        bad.append(f"limit {spec.limit} is odd, but MME scores question pairs; use an even limit")
     known_models = [e.name for e in entries()] + list(SHIPPED) + list(TINY_BUILDERS)
     for m in spec.models:
         if m not in known_models and not Path(m).is_dir():
-            raise ReproError(f"{spec.path}: unknown model {m!r}; use a name from `python -m repro models` "
-                             f"({', '.join(known_models)}) or a local checkpoint folder")
+            bad.append(f"unknown model {m!r}; use a name from `python -m repro models` "
+                       f"({', '.join(known_models)}) or a local checkpoint folder")
     import repro
 
     for entry in spec.methods:
         if entry.name == UNPRUNED:
             continue
-        if entry.search is not None:
-            from repro.runner.artifacts import fit_request
+        try:
+            if entry.search is not None:
+                from repro.runner.artifacts import fit_request
 
-            fit_request(entry, spec.profile, spec.path)  # raises on a method without a fit step, bad keys
-            continue
-        for budget in {b for m in spec.models for b in entry.budgets_for(m)}:
-            try:
+                fit_request(entry, spec.profile, f"method {entry.name!r}")  # no fit step, bad keys
+                continue
+            for budget in sorted({b for m in spec.models for b in entry.budgets_for(m)}, key=str):
                 repro.method(entry.name, budget, **entry.options)
-            except ReproError as err:
-                raise ReproError(f"{spec.path}: method {entry.name!r}: {err}") from None
+        except ReproError as err:
+            bad.append(str(err) if f"method {entry.name!r}" in str(err) else f"method {entry.name!r}: {err}")
+    if bad:
+        raise ReproError(f"{spec.path}: " + "; ".join(dict.fromkeys(bad)))
 
 
 def model_revision(name: str, revision: str) -> str:

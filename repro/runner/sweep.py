@@ -37,6 +37,18 @@ def default_store(profile: str) -> Path:
     return Path("results") / profile / "store"
 
 
+def check_data_dir(data_dir: Path | str | None) -> None:
+    """A --data-dir that cannot hold the tiny world is an error before any compute."""
+    if data_dir is None:
+        return
+    from repro.paths import nearest_existing
+
+    path = Path(data_dir)
+    existing = nearest_existing(path)
+    if not existing.is_dir():
+        raise ReproError(f"--data-dir {path}: {existing} is a file; pass a folder (the tiny world is built there)")
+
+
 def run_sweep(spec: Spec, store_root: Path | str, *, executor: str = "local", slurm: SlurmOptions | None = None,
               data_dir: Path | str | None = None, staged: Path | str | None = None,
               progress: bool = True, threads: int | None = None, workers: int | None = None,
@@ -54,16 +66,33 @@ def run_sweep(spec: Spec, store_root: Path | str, *, executor: str = "local", sl
     if executor == "local" and workers > 1:
         threads = threads or 1  # one thread per worker process
     staged = staged or spec.staged
-    require_inputs(spec, Path(staged) if staged else None)
+    from repro.devices import device_problem
+
+    require_inputs(spec, Path(staged) if staged else None)  # the staging list first: it is the longer fix
+    problem = device_problem(spec.device)
+    if problem:
+        raise ReproError(f"{spec.path}: {problem}")
+    check_data_dir(data_dir)
     cells = expand(spec)
     store = Store(store_root)
+    store.check_usable(writing=False)
     # Under `accelerate launch --num_processes N` (repro.eval.parallel) all ranks evaluate the same
     # cells together: start the process group now and take rank 0's view of the store.
     parallel.accelerator(spec.device)
     main = parallel.is_main()
     if parallel.world_size() > 1 and executor == "slurm":
         raise ReproError("the slurm executor submits jobs from one process; run it without `accelerate launch`")
-    pending = parallel.broadcast([c for c in cells if store.status(c.key) != "done"])
+    statuses = parallel.broadcast({c.key: store.status(c.key) for c in cells})
+    unreadable = [(c, statuses[c.key]) for c in cells if statuses[c.key].startswith("unreadable")]
+    if unreadable:
+        cell, why = unreadable[0]
+        raise ReproError(f"{len(unreadable)} record(s) of store {store.root} cannot be used (left as they are), "
+                         f"e.g. {cell.describe()}: {why.removeprefix('unreadable: ')}")
+    pending = [c for c in cells if statuses[c.key] != "done"]
+    if pending:
+        store.check_usable(writing=True)
+    for tmp in store.clean_temporaries() if pending and main else []:
+        print(f"removed {tmp}, left by an interrupted write", flush=True)
     say = print if main else (lambda *a, **k: None)  # rank 0 reports
     say(f"sweep {spec.path}: {len(cells)} cells, {len(cells) - len(pending)} finished, {len(pending)} to compute "
           f"(store {store.root})", flush=True)

@@ -6,6 +6,7 @@ checkpoint folder from the shell too.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from ..errors import ReproError
@@ -32,11 +33,18 @@ def read_checksums(folder: Path) -> dict[str, str]:
     if not path.is_file():
         raise ReproError(f"{path} is missing: the checkpoint in {folder} cannot be verified. "
                          f"Restore it from git (`git checkout -- {folder}`) or retrain with `{RETRAIN.format(out=folder)}`")
+    fix = f"restore it from git (`git checkout -- {folder}`) or retrain with `{RETRAIN.format(out=folder)}`"
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ReproError(f"cannot read {path} ({type(err).__name__}); {fix}") from None
     sums = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for number, line in enumerate(lines, start=1):
         if line.strip():
-            digest, name = line.split(maxsplit=1)
-            sums[name.strip().lstrip("*")] = digest
+            parts = line.split(maxsplit=1)
+            if len(parts) != 2 or not re.fullmatch(r"[0-9a-f]{64}", parts[0]):
+                raise ReproError(f"{path} line {number} is not `<sha256>  <file>` (sha256sum format); {fix}")
+            sums[parts[1].strip().lstrip("*")] = parts[0]
     return sums
 
 

@@ -147,6 +147,9 @@ class DOP(Method):
 
     def reduce(self, model, prepared, visual):
         policy = self.policy_for(model)
+        if self.policy is not None and policy.n_visual > visual.patches.numel():
+            raise ReproError(f"DOP policy n_v={policy.n_visual} exceeds the {visual.patches.numel()} visual tokens "
+                             f"{model.name} makes of this input; use n_v <= {visual.patches.numel()}")
         if self.per_sample():
             return self._reduce_within_budget(model, prepared, visual, policy)
         if policy.n_visual >= visual.patches.numel() and not self.grouped(model):
