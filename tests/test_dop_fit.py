@@ -80,9 +80,10 @@ def test_stats_carry_the_unpruned_flops_of_the_input(tiny_models, name):
 
 
 def test_budget_stats_give_the_per_sample_maximum_over_the_budget():
-    recs = [{"token_counts": [{"repro": {"budget": "ratio:0.5", "tflops": {"paper": p, "exact": p},
-                                         "stats": {"unpruned_tflops": u, "n_tokens": 1, "visual_tokens": 1}}}]}
-            for p, u in ((1.0, 2.0), (1.2, 2.0), (0.5, 2.0))]
+    recs = [{"doc_id": i, "token_counts": [{"repro": {"budget": "ratio:0.5", "tflops": {"paper": p, "exact": p},
+                                                      "stats": {"unpruned_tflops": u, "n_tokens": 1,
+                                                                "visual_tokens": 1}}}]}
+            for i, (p, u) in enumerate(((1.0, 2.0), (1.2, 2.0), (0.5, 2.0)))]
     stats = budget_stats(recs)
     assert stats["flops_ratio"]["max"] == pytest.approx(0.6)
     assert stats["budget_use"] == {"budget": "ratio:0.5", "mean": pytest.approx(2.7 / 3), "max": pytest.approx(1.2),

@@ -57,6 +57,8 @@ class PackedEngine:
         dec = self.decoder
         if len(seqs) != len(planners) or not seqs:
             raise ValueError("give one planner (or None) per sequence, and at least one sequence")
+        if any(getattr(p, "merge_after", None) is not None for p in planners):
+            raise ValueError("a planner that merges tokens between layers runs in Engine.prefill, one sample at a time")
         h = torch.cat([s.embeds for s in seqs]).clone()
         slots, offset = [], 0
         for seq, planner in zip(seqs, planners):

@@ -179,6 +179,11 @@ class Model:
         plans = [self._plan(images, question, method) for images, question in requests]
         if not plans:
             return []
+        if any(getattr(p[2], "merge_after", None) is not None for p in plans):
+            # the packed engine has no merge step (engine/core.py inserts merged tokens between
+            # layers): methods that merge inside the LLM (SparseVLM) answer one sample at a time
+            return [self.generate(images, question, method=method, max_new_tokens=max_new_tokens, stop=stop)
+                    for images, question in requests]
         packed = PackedEngine(self.engine)
         outs = packed.prefill([p[1] for p in plans], [p[2] for p in plans])
         tokens = packed.greedy(outs, max_new_tokens, self.eos_ids(), [self._stopper(stop)] * len(plans))
