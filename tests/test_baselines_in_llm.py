@@ -195,7 +195,7 @@ def test_fitprune_official_tables_replay():
 
 def test_fitprune_planner_uses_head_max_and_deletes_ties_earliest_first():
     seq = fake_sequence(1, 4, 2)  # visual 1..4, text 5..6
-    planner = fitprune.FitPrunePlanner(seq, [2, 0, 0], inverse=False)
+    planner = fitprune.FitPrunePlanner(seq, fitprune.RecipeRule([2, 0, 0]))
     flat = torch.full((6, 7), 0.1)  # every visual token scores the same
     ops = planner.layer_ops(0, FakeProbe(flat, torch.arange(7), expect_reduce="max"))
     assert ops.attention is None and ops.mlp.tolist() == [0, 3, 4, 5, 6]  # tokens 1 and 2 lose their MLP
@@ -210,7 +210,7 @@ def test_fitprune_planner_uses_head_max_and_deletes_ties_earliest_first():
     ("sparsevlm", {"retain": 100}, "reference rows"),
     ("sparsevlm", {"version": "2.0"}, "not implemented"),
     ("fitprune", {"ratio": 65}, "official tables"),
-    ("fitprune", {"recipe": "fitted"}, "issue 22"),
+    ("fitprune", {"recipe": "fitted"}, "needs a fit on this model"),
     ("dart", {"reduction_ratio": 2}, "reduction_ratio"),
     ("dart", {"pivot_order": "random"}, "pivot_order"),
     ("dart", {"k": 0}, "K >= 1"),

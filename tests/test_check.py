@@ -166,7 +166,7 @@ def test_paper_dry_run_lists_the_plan_and_what_is_missing(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.splitlines()
     assert lines[0].startswith("profile: paper")
-    assert any(line.startswith("plan: 4550 cells") for line in lines)  # 350 rows, the in-LLM and pre-LLM baselines
+    assert any(line.startswith("plan: 4901 cells") for line in lines)  # 377 rows, the in-LLM and pre-LLM baselines
     assert "ratio:0.2366 (flops-of-tokens:64)" in out.stdout  # token budgets at equal TFLOPs, per model
     assert "CLIP text tower of llava-1.5-7b for cdpruner, trim (openai/clip-vit-large-patch14-336)" in out.stdout
     assert "GPU hours" in out.stdout
@@ -191,7 +191,7 @@ def test_run_all_defaults_to_the_tiny_main_table():
     first, second = out.stdout.splitlines()[:2]
     assert first.startswith("profile: tiny (default")
     assert second.startswith("table: main (sweep sweeps/tiny/main.yaml")
-    assert "plan: 520 cells" in out.stdout  # (unpruned + 13 methods x 3 budgets) x 13 tasks
+    assert "plan: 559 cells" in out.stdout  # (unpruned + 14 method rows x 3 budgets) x 13 tasks
 
 
 def _tables(spec: str, store: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
