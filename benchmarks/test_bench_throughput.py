@@ -40,7 +40,6 @@ SPEC = textwrap.dedent("""\
     budgets: [ratio:0.6, ratio:0.4]
     methods:
       - name: none
-        budgets: [none]
       - name: random
       - name: fastv
         options: {{k: 1}}
