@@ -1,11 +1,13 @@
-"""SparseVLM (v1.0): text raters prune visual tokens at three layers and recycle the pruned ones.
+"""SparseVLM: text raters prune visual tokens at three layers (v1.0 also recycles the pruned ones).
 
-Card: docs/methods/sparsevlm.md (from shared/docs/METHODS.md §2.3). The raters are the text
+Card: docs/methods/sparsevlm.md (from shared/docs/METHODS.md §2.3, §0.3). The raters are the text
 tokens whose embeddings the visual embeddings attend to more than average. At each sparse layer
 (which itself runs every current token) the raters' head-mean attention ranks the visual tokens;
-the top k_s stay, and the best 30% of the rest are clustered (DPC-kNN) on the layer's output and
-averaged into merged tokens the engine inserts after the kept visual tokens. Positions are
-renumbered (original on M-RoPE).
+the top k_s stay. v1.0 / v1.5: the best 30% of the rest are clustered (DPC-kNN) on the layer's
+output and averaged into merged tokens the engine inserts after the kept visual tokens; positions
+are renumbered (original on M-RoPE). v2.0 (SparseVLM+): the attention is first divided by RoPE's
+own logit pattern and only the 14 heads with the most rater→visual attention are averaged; no
+recycling; original positions; its own schedule rows.
 """
 
 from __future__ import annotations
@@ -29,9 +31,17 @@ SCHEDULES = {  # score.py, v1.0: RETAIN_TOKN -> tokens kept after each sparse la
     128: (303, 110, 36),
     192: (300, 200, 110),
 }
+SCHEDULES_V2 = {  # score.py with USE_VERSION=2_0
+    64: (66, 34, 20),
+    96: (246, 54, 28),
+    128: (238, 108, 60),
+    192: (300, 200, 118),
+}
+VERSIONS = ("1.0", "1.5", "2.0")
+V2_HEADS = 14  # select_attn_head_by_sum: topk(14)
 
 
-def stage_keeps(n_visual: int, t: int) -> tuple[int, ...] | None:
+def stage_keeps(n_visual: int, t: int, schedules: dict = SCHEDULES) -> tuple[int, ...] | None:
     """The k_s of each sparse layer for budget T on N visual tokens (None: no pruning at all).
 
     T·576/N picks the reference row r (the smallest of 64/96/128/192 at or above it) and the row is
@@ -43,9 +53,9 @@ def stage_keeps(n_visual: int, t: int) -> tuple[int, ...] | None:
     t_ref = t * REFERENCE_VISUAL / n_visual
     if t_ref > 192:
         w = (t_ref - 192) / (REFERENCE_VISUAL - 192)
-        return tuple(int((c + w * (REFERENCE_VISUAL - c)) * n_visual / REFERENCE_VISUAL) for c in SCHEDULES[192])
-    r = min(b for b in SCHEDULES if b >= t_ref)
-    return tuple(int(c * t / r) for c in SCHEDULES[r])
+        return tuple(int((c + w * (REFERENCE_VISUAL - c)) * n_visual / REFERENCE_VISUAL) for c in schedules[192])
+    r = min(b for b in schedules if b >= t_ref)
+    return tuple(int(c * t / r) for c in schedules[r])
 
 
 def recycled(n_removed: int) -> tuple[int, int]:
@@ -102,6 +112,15 @@ def dpc_knn(x: Tensor, n_clusters: int, generator: torch.Generator) -> Tensor:
     return assign
 
 
+def v2_scores(probs: Tensor, rope: Tensor, n_heads: int = V2_HEADS) -> Tensor:
+    """v2.0's score of each visual column from per-head rater rows (heads, raters, visual): divided
+    by the RoPE pattern (raters, visual), then the mean over the `n_heads` heads with the largest
+    sums (ties: the earlier head) and over the raters."""
+    corrected = probs / rope
+    heads = torch.argsort(-corrected.sum((1, 2)), stable=True)[:n_heads]
+    return corrected[heads].mean(0).mean(0)
+
+
 def merge_clusters(states: Tensor, assign: Tensor, n_clusters: int) -> Tensor:
     """The plain mean of each cluster's members, (c, d)."""
     sums = torch.zeros(n_clusters, states.shape[-1], dtype=torch.float32, device=states.device)
@@ -113,33 +132,36 @@ def merge_clusters(states: Tensor, assign: Tensor, n_clusters: int) -> Tensor:
           knob="budget row T (64/96/128/192 on 576 tokens, scaled to the model's N); stage keeps after the "
                "sparse layers, recycled tokens on top (layer average exceeds T, as in the reference)",
           reference="Zhang et al., ICML 2025, arXiv 2410.04417; github.com/Gumpest/SparseVLMs @ 26a5f48813 (v1.0)",
-          variants={"version": "'1.0' (default; recycling) or '1.5' (same rule, flash-compatible in the "
-                               "reference: identical here); v2.0 is not implemented (a clear error)",
+          variants={"version": "'1.0' (default; recycling), '1.5' (same rule, flash-compatible in the reference: "
+                               "identical here) or '2.0' (SparseVLM+: RoPE-corrected scores, 14 heads, no "
+                               "recycling, original positions, its own rows)",
                     "layers": "sparse layers (default [2,6,15]; scaled by L/32 on a model too shallow for it)",
                     "retain": "the official row used when no budget is given (64/96/128/192, default 192)",
-                    "recycle": "merge the best pruned tokens back (default True)",
+                    "recycle": "merge the best pruned tokens back (default: True for v1.x; v2.0 has none)",
                     "seed": "seed of the density noise of the clustering (default 0)",
                     "inverse": "keep the lowest-scored tokens (sanity check, not a method)"})
 class SparseVLM(Method):
     """Defaults: v1.0, pruning_loc [2, 6, 15], the "192" row when no budget is given."""
 
     def __init__(self, budget: Budget | None = None, *, version: str = "1.0", layers: tuple[int, ...] | None = None,
-                 retain: int = 192, recycle: bool = True, seed: int = 0, inverse: bool = False):
+                 retain: int = 192, recycle: bool | None = None, seed: int = 0, inverse: bool = False):
         super().__init__(budget)
-        if version == "2.0":
-            raise ValueError("SparseVLM v2.0 (SparseVLM+) is not implemented yet; use version='1.0' or '1.5'")
-        if version not in ("1.0", "1.5"):
-            raise ValueError(f"version must be '1.0' or '1.5', got {version!r}")
+        if version not in VERSIONS:
+            raise ValueError(f"version must be one of {', '.join(map(repr, VERSIONS))}, got {version!r}")
+        if version == "2.0" and recycle:
+            raise ValueError("SparseVLM v2.0 has no recycling (the reference cancels the merge); drop recycle=True")
         if retain not in SCHEDULES:
             raise ValueError(f"retain must be one of the reference rows {sorted(SCHEDULES)}, got {retain}")
         self.version, self.layers, self.retain = version, layers, retain
-        self.recycle, self.seed, self.inverse = recycle, seed, inverse
+        self.recycle = version != "2.0" if recycle is None else recycle
+        self.schedules = SCHEDULES_V2 if version == "2.0" else SCHEDULES
+        self.seed, self.inverse = seed, inverse
 
     def planner(self, model, seq: Sequence) -> "SparseVLMPlanner":
         n_layers = model.card.layers
         layers = stage_layers("SparseVLM", self.layers, REFERENCE_LAYERS, n_layers, first=0, last=n_layers - 2)
-        keeps = stage_keeps(seq.visual.numel(), self.knob(model, seq, layers))
-        return SparseVLMPlanner(seq, layers, keeps, self.recycle, self.seed, self.inverse)
+        keeps = stage_keeps(seq.visual.numel(), self.knob(model, seq, layers), self.schedules)
+        return SparseVLMPlanner(seq, layers, keeps, self.recycle, self.seed, self.inverse, v2=self.version == "2.0")
 
     def knob(self, model, seq: Sequence, layers: tuple[int, ...]) -> int:
         """T for this sample: tokens:T as is; ratio/tflops solved on the realized counts."""
@@ -151,7 +173,7 @@ class SparseVLM(Method):
         n_other, n_layers = seq.n_tokens - n_vis, model.card.layers
 
         def cost(t: int) -> float:
-            counts = visual_counts(n_vis, stage_keeps(n_vis, t), self.recycle)
+            counts = visual_counts(n_vis, stage_keeps(n_vis, t, self.schedules), self.recycle)
             per_layer = per_layer_visual(n_layers, layers, counts, n_vis)
             return flops.prefill_flops(model.card, [flops.LayerTokens(n_other + v, n_other + v, n_other + v)
                                                     for v in per_layer], "paper")
@@ -163,9 +185,10 @@ class SparseVLMPlanner:
     """Every current token through each layer; the sparse layers decide, the engine merges after."""
 
     def __init__(self, seq: Sequence, layers: tuple[int, ...], keeps: tuple[int, ...] | None, recycle: bool,
-                 seed: int, inverse: bool):
-        self.seq, self.layers, self.keeps, self.recycle, self.inverse = seq, layers, keeps, recycle, inverse
-        self.renumber = seq.positions.dim() == 1  # the reference renumbers; M-RoPE keeps original ids
+                 seed: int, inverse: bool, v2: bool = False):
+        self.seq, self.layers, self.keeps, self.recycle, self.inverse, self.v2 = seq, layers, keeps, recycle, inverse, v2
+        # v1.x renumbers (M-RoPE keeps original ids); v2.0 keeps original positions
+        self.renumber = seq.positions.dim() == 1 and not v2
         self.generator = torch.Generator().manual_seed(seed)
         self.visual = seq.visual  # current visual tokens (merged ones included), sequence indices
         self.others = seq.non_visual()
@@ -193,8 +216,12 @@ class SparseVLMPlanner:
             return
         if self.raters is None:
             self.raters = self._raters(probe)
-        rows = probe.attention_rows(self.raters)  # (raters, active keys), head mean
-        scores = rows[:, torch.searchsorted(probe.active, self.visual)].mean(0)
+        columns = torch.searchsorted(probe.active, self.visual)
+        if self.v2:
+            probs = probe.attention_rows(self.raters, reduce=None)[:, :, columns]  # (heads, raters, visual)
+            scores = v2_scores(probs, probe.rope_pattern(self.raters, self.visual))
+        else:
+            scores = probe.attention_rows(self.raters)[:, columns].mean(0)  # head mean, then rater mean
         scores = -scores if self.inverse else scores
         order = torch.argsort(-scores, stable=True)
         kept = torch.sort(self.visual[order[:k]]).values

@@ -1,7 +1,8 @@
 """How the method contract suite (test_method_contract.py) exercises each registered method.
 
 One row per registry name, in the spirit of Composer's algorithm_settings.py: a method registered
-without a row fails the suite. A row says how to build the method for a budget, what `tokens:T`
+without a row fails the suite. A named variant that changes the rule (e.g. SparseVLM v2.0) gets a
+row of its own, keyed "<method> <variant>", with `variant_of` and its `options`. A row says how to build the method for a budget, what `tokens:T`
 must realize (the card's per-layer visual counts), which ratios to check, and which checks do not
 apply, with the reason. Adding a method = adding a row; most rows need only `count`.
 
@@ -18,6 +19,7 @@ Fields (all optional except `count`):
   infeasible       -> a budget the method must refuse with an "infeasible" ReproError
   inverse_budget   -> the tokens:T of the inverse check on tinyworld-llava
   not_applicable   -> {check name: reason} for checks that do not apply (no silent skips)
+  variant_of       -> for a variant row: the registered method it builds
   xfail            -> {check name: reason} for known, measured failures (strict xfail)
   undefined        -> {family: what its clear error says} where the method is not defined
 """
@@ -60,11 +62,12 @@ class MethodSettings:
     not_applicable: dict[str, str] = field(default_factory=dict)
     xfail: dict[str, str] = field(default_factory=dict)
     undefined: dict[str, str] = field(default_factory=dict)
+    variant_of: str | None = None  # a named variant: the registered method it runs (with `options`)
 
     def make(self, name: str, budget: str | None, shape: Shape, **extra):
         if self.build is not None:
             return self.build(budget, shape)
-        return repro.method(name, budget, **{**self.options, **extra})
+        return repro.method(self.variant_of or name, budget, **{**self.options, **extra})
 
 
 def every_layer(count: Callable[[Shape, int], int]) -> Callable[[Shape, int], list[int]]:
@@ -89,6 +92,14 @@ def sparsevlm_count(s: Shape, t: int) -> list[int]:
     """Stage keeps of the budget's row plus the recycled clusters, sparse layers [0, 1, 2] on 4 layers."""
     layers = tuple(sorted({round(b * s.n_layers / 32) for b in sparsevlm.REFERENCE_LAYERS}))
     counts = sparsevlm.visual_counts(s.n_visual, sparsevlm.stage_keeps(s.n_visual, t))
+    return sparsevlm.per_layer_visual(s.n_layers, layers, counts, s.n_visual)
+
+
+def sparsevlm_v2_count(s: Shape, t: int) -> list[int]:
+    """v2.0: its own rows, no recycled tokens."""
+    layers = tuple(sorted({round(b * s.n_layers / 32) for b in sparsevlm.REFERENCE_LAYERS}))
+    counts = sparsevlm.visual_counts(s.n_visual, sparsevlm.stage_keeps(s.n_visual, t, sparsevlm.SCHEDULES_V2),
+                                     recycle=False)
     return sparsevlm.per_layer_visual(s.n_layers, layers, counts, s.n_visual)
 
 
@@ -140,6 +151,8 @@ SETTINGS: dict[str, MethodSettings] = {
                         "inverse": "its reducer's scores are checked under the reducer's own name"}),
     "pdrop": MethodSettings(count=pdrop_count, infeasible="tokens:1", inverse_budget="tokens:54"),
     "sparsevlm": MethodSettings(count=sparsevlm_count, ratios=(0.7, 0.8)),
+    "sparsevlm v2.0": MethodSettings(count=sparsevlm_v2_count, ratios=(0.7, 0.8), options={"version": "2.0"},
+                                     variant_of="sparsevlm"),
     "fitprune": MethodSettings(
         count=fitprune_count, infeasible="ratio:0.05", inverse_budget="tokens:60",
         ratio_floor=0.9),  # eleven official tables: the nearest below R can be ~7% under it

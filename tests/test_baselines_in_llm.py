@@ -175,6 +175,42 @@ def test_engine_inserts_merged_tokens_as_visual_with_their_positions(tiny_models
     assert merge.remap(torch.tensor([0, 4, 5, 9])).tolist() == [0, 4, 7, 11]
 
 
+def test_sparsevlm_v2_divides_by_the_rope_pattern_and_averages_the_top_heads():
+    probs = torch.tensor([[[.1, .2, .3]], [[.3, .3, .3]], [[.5, .1, .1]]])  # (heads, raters, visual)
+    rope = torch.tensor([[1., 2., 1.]])
+    # corrected: head 0 [.1 .1 .3] (sum .5), head 1 [.3 .15 .3] (.75), head 2 [.5 .05 .1] (.65)
+    assert torch.allclose(sparsevlm.v2_scores(probs, rope, n_heads=2), torch.tensor([.4, .1, .2]))
+    # heads with equal sums: the earlier one is taken
+    tied = torch.tensor([[[.2, .2]], [[.1, .3]], [[.4, .0]]])
+    assert torch.allclose(sparsevlm.v2_scores(tied, torch.ones(1, 2), n_heads=1), torch.tensor([.2, .2]))
+    assert sparsevlm.stage_keeps(576, 192, sparsevlm.SCHEDULES_V2) == (300, 200, 118)
+    assert sparsevlm.visual_counts(576, (300, 200, 118), recycle=False) == [300, 200, 118]
+
+
+def test_rope_pattern_is_the_rotated_ones_product(tiny_models):
+    """2·Σ_i cos((m − n)·θ_i)/√d for 1-D RoPE: √d on the diagonal, a function of m − n only."""
+    from repro.engine.probes import Probe
+
+    model = tiny_models["tiny-llava-1.5"]["sdpa"]
+    dec = model.engine.decoder
+    n = 12
+    probe = Probe(dec, 1, torch.zeros(n, model.card.hidden), torch.arange(n), torch.arange(n), torch.arange(2, 8))
+    pattern = probe.rope_pattern(torch.arange(8, 12), torch.arange(2, 8))
+    d = dec.attention(1).head_dim
+    distance = (torch.arange(8, 12)[:, None] - torch.arange(2, 8)[None, :]).float()
+    expected = 2 * torch.cos(distance[..., None] * dec.rotary_emb.inv_freq.float()).sum(-1) / d ** 0.5
+    assert torch.allclose(pattern, expected, atol=1e-5)
+    assert torch.allclose(probe.rope_pattern(torch.arange(3), torch.arange(3)).diagonal(), torch.full((3,), d ** 0.5))
+
+
+def test_sparsevlm_v2_keeps_original_positions_and_its_own_counts(tiny_models):
+    model = tiny_models["tiny-llava-1.5"]["sdpa"]
+    result = model.generate(make_image(2, (300, 200)), "What colour is the square?",
+                            method=repro.method("sparsevlm", "tokens:20", version="2.0"), max_new_tokens=1)
+    counts = sparsevlm.visual_counts(64, sparsevlm.stage_keeps(64, 20, sparsevlm.SCHEDULES_V2), recycle=False)
+    assert [r.visual_queries for r in result.stats.layers] == sparsevlm.per_layer_visual(4, (0, 1, 2), counts, 64)
+
+
 # ------------------------------------------------------------------------------ FitPrune
 
 def test_fitprune_card_hand_example_deletes_the_lowest_product():
@@ -208,7 +244,8 @@ def test_fitprune_planner_uses_head_max_and_deletes_ties_earliest_first():
     ("pdrop", {"colour": 1}, "bad options"),
     ("pdrop", {"lam": 1.5}, "lam must be"),
     ("sparsevlm", {"retain": 100}, "reference rows"),
-    ("sparsevlm", {"version": "2.0"}, "not implemented"),
+    ("sparsevlm", {"version": "3.0"}, "version must be one of"),
+    ("sparsevlm", {"version": "2.0", "recycle": True}, "no recycling"),
     ("fitprune", {"ratio": 65}, "official tables"),
     ("fitprune", {"recipe": "fitted"}, "needs a fit on this model"),
     ("dart", {"reduction_ratio": 2}, "reduction_ratio"),
@@ -234,12 +271,14 @@ def test_stage_layers_beyond_the_models_depth_are_refused(tiny_models, name, opt
 
 # ------------------------------------------------------------------------------ positions
 
-@pytest.mark.parametrize("name, renumbered", [("pdrop", True), ("sparsevlm", True), ("fitprune", False), ("dart", False)])
-def test_decode_positions_follow_the_cards_position_rule(tiny_models, name, renumbered):
+@pytest.mark.parametrize("name, options, renumbered", [
+    ("pdrop", {}, True), ("sparsevlm", {}, True), ("sparsevlm", {"version": "2.0"}, False), ("fitprune", {}, False),
+    ("dart", {}, False)])
+def test_decode_positions_follow_the_cards_position_rule(tiny_models, name, options, renumbered):
     """Renumbering methods decode each layer from its own cache length; the others from the
     unpruned prompt length (METHODS.md §1.2)."""
     model = tiny_models["tiny-llava-1.5"]["sdpa"]
-    method = repro.method(name, "ratio:0.6")
+    method = repro.method(name, "ratio:0.6", **options)
     prepared = model.prepare(make_image(3, (300, 200)), "What?")
     seq = model.assemble(prepared, model.encode(prepared), method.position_mode(model))
     out = model.engine.prefill(seq, method.planner(model, seq))

@@ -7,6 +7,7 @@ Nothing depends on the attention backend returning weights, so probes work under
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -72,6 +73,19 @@ class Probe:
         if reduce == "max":
             return probs.amax(0)
         raise ValueError(f"reduce must be 'mean', 'max' or None, not {reduce!r}")
+
+    def rope_pattern(self, queries: Tensor, keys: Tensor) -> Tensor:
+        """RoPE's own logit pattern at these tokens' positions: all-ones queries and keys rotated
+        and multiplied, (R_m·1)·(R_n·1)/√d_h, (n_queries, n_keys). SparseVLM v2.0 divides the
+        attention by it ("gravity correction")."""
+        d = self.decoder.attention(self.layer).head_dim
+        x = self.hidden_states
+        ones_q, ones_k = x.new_ones(1, 1, queries.numel(), d), x.new_ones(1, 1, keys.numel(), d)
+        rope_q = self.decoder.rope_tables(self._pos(queries), x)
+        rope_k = self.decoder.rope_tables(self._pos(keys), x)
+        q, k = self.decoder.rotate(self.layer, ones_q, ones_k, rope_q, rope_k)
+        self.cost.flops += 2 * queries.numel() * keys.numel() * d
+        return (q.float() @ k.float().transpose(-1, -2))[0, 0] / math.sqrt(d)
 
     def _qk(self, queries: Tensor, keys: Tensor) -> tuple[Tensor, Tensor]:
         layer = self.decoder.layers[self.layer]
