@@ -113,6 +113,12 @@ class DART(Method):
             quota = n_vis  # every candidate is picked: the full budget is the unpruned model
         return DARTPlanner(seq, self.k, quota, self)
 
+    def min_flops(self, card, n_visual: int, n_other: int) -> int:
+        """T = 0 from layer K on: the image pivots alone."""
+        dropped = n_visual - dart_count(n_visual, 0, self.pivot_image, self.pivot_image + self.pivot_text)
+        k = min(self.k, card.layers)
+        return flops.prefill_flops(card, fastv_layers(card.layers, k, n_other + n_visual, dropped), "paper")
+
     def knob(self, model, seq: Sequence, n_pivots: int, next_mode: bool) -> int:
         """T for this sample: the budget's, solved on the realized count, or the scripts' default."""
         n_vis, n = seq.visual.numel(), seq.n_tokens

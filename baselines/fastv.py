@@ -44,6 +44,11 @@ class FastV(Method):
             raise ReproError(f"FastV K={self.k} must be below the model's {model.card.layers} layers")
         return FastVPlanner(seq, self.k, self.n_keep(model, seq), self.inverse)
 
+    def min_flops(self, card, n_visual: int, n_other: int) -> int:
+        """Every visual token dropped from layer K on."""
+        k = min(self.k, card.layers)
+        return flops.prefill_flops(card, fastv_layers(card.layers, k, n_other + n_visual, n_visual), "paper")
+
     def n_keep(self, model, seq: Sequence) -> int:
         """T for this sample: from the budget (solved on the sample's real shape) or keep_ratio."""
         n_vis, n = seq.visual.numel(), seq.n_tokens

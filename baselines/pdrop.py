@@ -59,6 +59,12 @@ class PDrop(Method):
         renumber = self.positions_option == "reference" and seq.positions.dim() == 1
         return PDropPlanner(seq, bounds, counts, self.inverse, renumber)
 
+    def min_flops(self, card, n_visual: int, n_other: int) -> int:
+        """λ = 0: every visual token gone at the first boundary."""
+        bounds = stage_layers("PDrop", self.layers, REFERENCE_LAYERS, card.layers, scale="always")
+        counts = per_layer_counts(card.layers, bounds, stage_counts(n_visual, 0.0, len(bounds)))
+        return flops.visual_per_layer_flops(card, n_other, counts)
+
     def solve_lambda(self, model, seq: Sequence, bounds: tuple[int, ...]) -> float:
         """λ for this sample: the largest on a 1e-4 grid whose layer-average visual count (tokens:T)
         or paper-convention prefill FLOPs (ratio:R, tflops:X) fits the budget."""
@@ -79,8 +85,7 @@ class PDrop(Method):
                                  f"boundary alone average {cost(0):.1f} visual tokens; use earlier layers")
         else:
             def cost(i: int) -> float:
-                layers = [flops.LayerTokens(n_other + c, n_other + c, n_other + c) for c in per_layer(i)]
-                return flops.prefill_flops(model.card, layers, "paper")
+                return flops.visual_per_layer_flops(model.card, n_other, per_layer(i))
             limit = self.budget.max_flops(cost(LAMBDA_GRID))
         return grid[solve_knob(range(len(grid)), cost, limit)]
 

@@ -157,9 +157,17 @@ class SparseVLM(Method):
         self.schedules = SCHEDULES_V2 if version == "2.0" else SCHEDULES
         self.seed, self.inverse = seed, inverse
 
+    def sparse_layers(self, n_layers: int) -> tuple[int, ...]:
+        return stage_layers("SparseVLM", self.layers, REFERENCE_LAYERS, n_layers, first=0, last=n_layers - 2)
+
+    def min_flops(self, card, n_visual: int, n_other: int) -> int:
+        """T = 0: every stage keeps nothing but its recycled tokens."""
+        counts = visual_counts(n_visual, stage_keeps(n_visual, 0, self.schedules), self.recycle)
+        per_layer = per_layer_visual(card.layers, self.sparse_layers(card.layers), counts, n_visual)
+        return flops.visual_per_layer_flops(card, n_other, per_layer)
+
     def planner(self, model, seq: Sequence) -> "SparseVLMPlanner":
-        n_layers = model.card.layers
-        layers = stage_layers("SparseVLM", self.layers, REFERENCE_LAYERS, n_layers, first=0, last=n_layers - 2)
+        layers = self.sparse_layers(model.card.layers)
         keeps = stage_keeps(seq.visual.numel(), self.knob(model, seq, layers), self.schedules)
         return SparseVLMPlanner(seq, layers, keeps, self.recycle, self.seed, self.inverse, v2=self.version == "2.0")
 
@@ -174,9 +182,7 @@ class SparseVLM(Method):
 
         def cost(t: int) -> float:
             counts = visual_counts(n_vis, stage_keeps(n_vis, t, self.schedules), self.recycle)
-            per_layer = per_layer_visual(n_layers, layers, counts, n_vis)
-            return flops.prefill_flops(model.card, [flops.LayerTokens(n_other + v, n_other + v, n_other + v)
-                                                    for v in per_layer], "paper")
+            return flops.visual_per_layer_flops(model.card, n_other, per_layer_visual(n_layers, layers, counts, n_vis))
 
         return solve_knob(range(n_vis + 1), cost, self.budget.max_flops(cost(n_vis)))
 

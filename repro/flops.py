@@ -130,6 +130,12 @@ def prefill_flops(
     return total
 
 
+def visual_per_layer_flops(card: ArchCard, n_other: int, visual: Sequence[int]) -> int:
+    """Paper-convention prefill FLOPs when layer l runs `visual[l]` visual tokens and every other
+    token in attention and MLP (the shape of methods that prune whole tokens between layers)."""
+    return prefill_flops(card, [LayerTokens(n_other + v, n_other + v, n_other + v) for v in visual], "paper")
+
+
 def unpruned_layers(card: ArchCard, n_tokens: int) -> list[LayerTokens]:
     """Every token in every operation of every layer."""
     return [LayerTokens(n_tokens, n_tokens, n_tokens) for _ in range(card.layers)]

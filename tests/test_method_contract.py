@@ -15,6 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import repro
 from repro import flops
+from repro.budget import as_budget
 from repro.errors import ReproError
 from repro.methods import specs
 
@@ -124,12 +125,20 @@ def test_ratio_budget_is_met_from_below_or_refused(tiny_models, shapes, plain, n
     model, shape = tiny_models[family]["sdpa"], shapes[family]
     row = settings(name)
     full = plain[family].stats.tflops["paper"]
+    n_other = plain[family].stats.n_tokens - shape.n_visual
     for ratio in row.ratios:
-        got = run(model, row.make(name, f"ratio:{ratio}", shape)).stats.tflops["paper"]
+        method = row.make(name, f"ratio:{ratio}", shape)
+        got = run(model, method).stats.tflops["paper"]
         assert row.ratio_floor * ratio * full <= got <= ratio * full * (1 + 1e-12), ratio
+        # the floor behind the dry run's infeasibility warnings is a lower bound of every run
+        assert method.min_flops(model.card, shape.n_visual, n_other) <= got * 1e12 * (1 + 1e-9)
     if row.infeasible is not None:
+        method = row.make(name, row.infeasible, shape)
+        budget = as_budget(row.infeasible)
+        if budget.kind != "tokens":  # and it explains the refusal
+            assert method.min_flops(model.card, shape.n_visual, n_other) > budget.max_flops(full * 1e12)
         with pytest.raises(ReproError, match="infeasible"):
-            run(model, row.make(name, row.infeasible, shape))
+            run(model, method)
 
 
 @pytest.mark.parametrize("name, family", cases("flops"))

@@ -97,17 +97,24 @@ class FitPrune(Method):
 
     def tables(self, model, n_visual: int) -> dict[int, list[int]]:
         """Deletions per layer of every table, for this model and a sample with N visual tokens."""
-        n_layers = model.card.layers
-        if self.artifact is None:
-            return {r: rescale(t, REFERENCE_VISUAL, n_layers, n_visual) for r, t in RECIPES.items()}
-        if self.artifact.model != model.name:
+        if self.artifact is not None and self.artifact.model != model.name:
             raise ReproError(f"these FitPrune recipes were fitted on {self.artifact.model!r}, not {model.name!r}; "
                              "fit this model (a `search:` entry), or use recipe='official'")
+        return self.tables_for(model.card.layers, n_visual)
+
+    def tables_for(self, n_layers: int, n_visual: int) -> dict[int, list[int]]:
+        if self.artifact is None:
+            return {r: rescale(t, REFERENCE_VISUAL, n_layers, n_visual) for r, t in RECIPES.items()}
         return {r: rescale(t, self.artifact.n_visual, n_layers, n_visual) for r, t in self.artifact.tables().items()}
 
     def planner(self, model, seq: Sequence) -> FitPrunePlanner:
         tables = self.tables(model, seq.visual.numel())
         return FitPrunePlanner(seq, RecipeRule(tables[self.choose(model, seq, tables)], self.inverse))
+
+    def min_flops(self, card, n_visual: int, n_other: int) -> int:
+        """The strongest table it has (the official 90 %, or the largest reachable fitted one)."""
+        tables = self.tables_for(card.layers, n_visual)
+        return table_flops(card, tables[max(tables)], n_visual, n_other)
 
     def choose(self, model, seq: Sequence, tables: dict[int, list[int]]) -> int:
         """The table for this sample. tokens:T reads T as a visual-token reduction (1 − T/N) and
@@ -120,15 +127,17 @@ class FitPrune(Method):
             target = 100 * (1 - min(self.budget.value, n_vis) / max(n_vis, 1))
             return min(sorted(tables), key=lambda r: abs(r - target))
         n_other = seq.n_tokens - n_vis
-
-        def cost(ratio: int) -> float:
-            attn, mlp = visual_counts(tables[ratio], n_vis)
-            return flops.prefill_flops(model.card, [flops.LayerTokens(n_other + a, n_other + a, n_other + m)
-                                                    for a, m in zip(attn, mlp)], "paper")
-
-        limit = self.budget.max_flops(cost(0))
-        fits = [r for r in sorted(tables) if cost(r) <= limit]
+        limit = self.budget.max_flops(table_flops(model.card, tables[0], n_vis, n_other))
+        fits = [r for r in sorted(tables) if table_flops(model.card, tables[r], n_vis, n_other) <= limit]
         if not fits:
             raise InfeasibleBudget(f"infeasible budget {self.budget} for FitPrune: even the {max(tables)}% table "
                                    "exceeds it")
         return min(fits)  # the mildest table that fits: the most compute the budget allows
+
+
+def table_flops(card, recipe: list[int], n_visual: int, n_other: int) -> int:
+    """Paper-convention prefill FLOPs of a recipe: layer l attends over n_l visual tokens, its MLP
+    runs n_l − δ_l."""
+    attn, mlp = visual_counts(recipe, n_visual)
+    return flops.prefill_flops(card, [flops.LayerTokens(n_other + a, n_other + a, n_other + m)
+                                      for a, m in zip(attn, mlp)], "paper")

@@ -21,6 +21,7 @@ from repro.models.adapter import Prepared, VisualTokens
 
 if TYPE_CHECKING:
     from repro.methods.fitting import FitArtifact
+    from repro.models.cards import ArchCard
     from repro.models.model import Model
 
 
@@ -47,6 +48,13 @@ class Method:
     def planner(self, model: "Model", seq: Sequence) -> Planner:
         """In-LLM: the token sets of every layer's operations."""
         return Schedule.full(model.card.layers)
+
+    def min_flops(self, card: "ArchCard", n_visual: int, n_other: int) -> int:
+        """The least prefill FLOPs (paper convention) this method realizes on a prompt of N visual
+        and `n_other` other tokens: a ratio:/tflops: budget below it is infeasible there (the dry
+        run warns per model, method and budget). Default, a pre-LLM reducer's: no visual token left.
+        In-LLM methods override it with their knob's cheapest setting."""
+        return flops.unpruned_prefill_flops(card, n_other, "paper")
 
     # The fit hook (contract in methods/fitting.py): a method that fits on calibration data
     # overrides both classmethods and accepts `artifact=` (path or artifact) as an option.

@@ -21,6 +21,9 @@ THROUGHPUT_NOTE = ("assumed throughput: batch size 1, bf16, one H100-class GPU, 
                    "0.12-0.5 s a sample by model (runner/plan.py SECONDS_PER_SAMPLE); pruned cells are counted at "
                    "the unpruned speed, so this is an upper bound")
 REDUCED_DOCS = 500  # the reduced run the plan prices when the spec sets no `subset`
+# Text tokens of the nominal prompt the infeasibility warnings assume: the paper's (35-token
+# vicuna_v1 prefix + 64 question tokens, MODELS.md section 8) and the tiny world's mean (33).
+NOMINAL_TEXT_TOKENS = {"paper": 99, "tiny": 33}
 
 
 @dataclass
@@ -35,6 +38,7 @@ class Plan:
     methods: dict[str, list[str]] = field(default_factory=dict)  # method label -> "model: budgets" entries
     model_options: dict[str, dict] = field(default_factory=dict)
     reduced: tuple[int, float] | None = None  # (documents per task, GPU hours) of the reduced run
+    infeasible: list[str] = field(default_factory=list)  # model x method x budget warnings
 
     def lines(self) -> list[str]:
         out = [f"plan: {self.cells} cells = {self.rows} rows (model x method x budget x seed) x {len(self.tasks)} tasks",
@@ -49,6 +53,9 @@ class Plan:
                 out.append(f"  estimate: {self.reduced[1]:.0f} GPU hours for the reduced run (`subset: "
                            f"{self.reduced[0]}` documents per task)")
             out.append(f"  ({THROUGHPUT_NOTE})")
+        if self.infeasible:
+            out.append(f"infeasible budgets ({len(self.infeasible)}; their samples will be recorded as infeasible):")
+            out += [f"  - {line}" for line in self.infeasible]
         if self.missing:
             out.append(f"missing inputs ({len(self.missing)}):")
             out += [f"  - {what}\n      stage with: {cmd}" for what, cmd in self.missing]
@@ -112,7 +119,36 @@ def make_plan(spec: Spec, staged: Path | None = None) -> Plan:
                 for t in spec.tasks}
         gpu, reduced = hours(full), (docs, hours(reduced_per_task))
     return Plan(len(cells), list(spec.models), list(spec.tasks), rows, samples, gpu,
-                missing_inputs(spec, staged), _method_budgets(spec), dict(spec.model_options), reduced)
+                missing_inputs(spec, staged), _method_budgets(spec), dict(spec.model_options), reduced,
+                infeasible_budgets(spec))
+
+
+def infeasible_budgets(spec: Spec) -> list[str]:
+    """Each model x method x ratio:/tflops: budget below the method's cheapest run (`min_flops`) on
+    the model's nominal prompt (its card's visual tokens + NOMINAL_TEXT_TOKENS). Entries with a fit
+    (`search:`) are left out: their knob is known only after the fit."""
+    from repro.budget import as_budget
+    from repro.flops import unpruned_prefill_flops
+    from repro.methods.registry import method as build_method
+    from repro.models.registry import entries
+
+    cards = {e.name: e.card for e in entries()}
+    n_other = NOMINAL_TEXT_TOKENS.get(spec.profile, NOMINAL_TEXT_TOKENS["paper"])
+    out = []
+    for entry in spec.methods:
+        if entry.search is not None:
+            continue
+        for model in spec.models:
+            card = cards.get(model)
+            for budget in entry.budgets_for(model) if card is not None else ():
+                if budget is None or as_budget(budget).kind == "tokens":
+                    continue
+                floor = build_method(entry.name, budget, **entry.options).min_flops(card, card.visual_tokens, n_other)
+                unpruned = unpruned_prefill_flops(card, card.visual_tokens + n_other, "paper")
+                if floor > as_budget(budget).max_flops(unpruned):
+                    out.append(f"{entry.display} on {model} at {budget}: its cheapest run is {floor / unpruned:.3f} "
+                               f"of the unpruned prefill FLOPs ({card.visual_tokens} visual + {n_other} text tokens)")
+    return out
 
 
 def _method_budgets(spec: Spec) -> dict[str, list[str]]:
