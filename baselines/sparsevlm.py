@@ -160,29 +160,33 @@ class SparseVLM(Method):
     def sparse_layers(self, n_layers: int) -> tuple[int, ...]:
         return stage_layers("SparseVLM", self.layers, REFERENCE_LAYERS, n_layers, first=0, last=n_layers - 2)
 
-    def min_flops(self, card, n_visual: int, n_other: int) -> int:
-        """T = 0: every stage keeps nothing but its recycled tokens."""
-        counts = visual_counts(n_visual, stage_keeps(n_visual, 0, self.schedules), self.recycle)
+    def flops_at(self, card, t: int, n_visual: int, n_other: int) -> int:
+        """Paper prefill FLOPs of budget T: the realized counts, recycled tokens included, each
+        sparse layer at its pre-pruning count."""
+        counts = visual_counts(n_visual, stage_keeps(n_visual, t, self.schedules), self.recycle)
         per_layer = per_layer_visual(card.layers, self.sparse_layers(card.layers), counts, n_visual)
         return flops.visual_per_layer_flops(card, n_other, per_layer)
 
-    def planner(self, model, seq: Sequence) -> "SparseVLMPlanner":
-        layers = self.sparse_layers(model.card.layers)
-        keeps = stage_keeps(seq.visual.numel(), self.knob(model, seq, layers), self.schedules)
-        return SparseVLMPlanner(seq, layers, keeps, self.recycle, self.seed, self.inverse, v2=self.version == "2.0")
+    def min_flops(self, card, n_visual: int, n_other: int) -> int:
+        """T = 0: every stage keeps nothing but its recycled tokens."""
+        return self.flops_at(card, 0, n_visual, n_other)
 
-    def knob(self, model, seq: Sequence, layers: tuple[int, ...]) -> int:
+    def planner(self, model, seq: Sequence) -> "SparseVLMPlanner":
+        keeps = stage_keeps(seq.visual.numel(), self.knob(model, seq), self.schedules)
+        return SparseVLMPlanner(seq, self.sparse_layers(model.card.layers), keeps, self.recycle, self.seed,
+                                self.inverse, v2=self.version == "2.0")
+
+    def knob(self, model, seq: Sequence) -> int:
         """T for this sample: tokens:T as is; ratio/tflops solved on the realized counts."""
         n_vis = seq.visual.numel()
         if self.budget is None:
             return round(self.retain * n_vis / REFERENCE_VISUAL)
         if self.budget.kind == "tokens":
             return int(self.budget.value)
-        n_other, n_layers = seq.n_tokens - n_vis, model.card.layers
+        n_other = seq.n_tokens - n_vis
 
         def cost(t: int) -> float:
-            counts = visual_counts(n_vis, stage_keeps(n_vis, t, self.schedules), self.recycle)
-            return flops.visual_per_layer_flops(model.card, n_other, per_layer_visual(n_layers, layers, counts, n_vis))
+            return self.flops_at(model.card, t, n_vis, n_other)
 
         return solve_knob(range(n_vis + 1), cost, self.budget.max_flops(cost(n_vis)))
 

@@ -40,3 +40,48 @@ def tiny(request, tiny_models):
 @pytest.fixture
 def image():
     return make_image()
+
+
+# Fake staged paper data: paper task -> (tiny-world key, path under STAGED/<task>/ as the hub lays
+# it out); tiny-world rows carry the official columns. GQA is staged apart (questions, images).
+PAPER_STAGE = {
+    "vqav2_val": ("vqav2", "data/validation-00000-of-00001.parquet"),
+    "vizwiz_vqa_val": ("vizwiz", "data/val-00000-of-00001.parquet"),
+    "scienceqa_img": ("scienceqa", "ScienceQA-IMG/test-00000-of-00001.parquet"),
+    "seedbench": ("seed", "data/test-00000-of-00001.parquet"),
+    "mme": ("mme", "data/test-00000-of-00001.parquet"),
+    "ai2d": ("ai2d", "data/test-00000-of-00001.parquet"),
+    "chartqa": ("chartqa", "data/test-00000-of-00001.parquet"),
+    "pope": ("pope", "data/test-00000-of-00001.parquet"),
+    "textvqa_val": ("textvqa", "data/validation-00000-of-00001.parquet"),
+    "ocrbench": ("ocrbench", "data/test-00000-of-00001.parquet"),
+    "mmbench_en_dev": ("mmbench", "en/dev-00000-of-00001.parquet"),
+    "mmbench_cn_dev": ("mmbench_cn", "cn/dev-00000-of-00001.parquet"),
+}
+
+
+def stage_paper_tasks(root, tasks, test_rows: int):
+    """Stage fake data for the paper `tasks` (names of PAPER_STAGE, or "gqa") under root/staged."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from repro import tinyworld as tw
+
+    keys = sorted({PAPER_STAGE[t][0] if t != "gqa" else "gqa" for t in tasks})
+    tw.build(root / "tiny", seed=0, sizes=tw.SplitSizes(train=1, validation=1, test=test_rows), tasks=keys)
+    out = root / "staged"
+    for task in tasks:
+        if task == "gqa":
+            table = pq.read_table(tw.split_path(root / "tiny", "gqa", "test"))
+            (out / "gqa" / "testdev_balanced_instructions").mkdir(parents=True)
+            pq.write_table(table.drop_columns(["image"]),
+                           out / "gqa" / "testdev_balanced_instructions" / "testdev-0.parquet")
+            (out / "gqa_images").mkdir()
+            pq.write_table(table.select(["imageId", "image"]).rename_columns(["id", "image"]),
+                           out / "gqa_images" / "testdev-0.parquet")
+            continue
+        key, rel = PAPER_STAGE[task]
+        (out / task / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(tw.split_path(root / "tiny", key, "test"), out / task / rel)
+    return out

@@ -4,11 +4,9 @@ calibration sources (tiny world, lmms-eval tasks, staged paper tasks) and their 
 from __future__ import annotations
 
 import json
-import shutil
 import textwrap
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
 import repro
@@ -21,7 +19,7 @@ from repro.runner.artifacts import check_disjoint, fit_request
 from repro.runner.executors import budget_stats
 from repro.runner.spec import Cell, MethodEntry
 
-from conftest import TINY, make_image
+from conftest import TINY, make_image, stage_paper_tasks
 
 MODEL = "tiny-llava-1.5"
 QUESTIONS = ["Colour?", "What colour is the small square in the upper left corner?", "What is shown here?"]
@@ -155,19 +153,7 @@ def test_lmms_calibration_sources_on_tiny_tasks():
 @pytest.fixture(scope="module")
 def staged(tmp_path_factory):
     """Fake staged paper data for GQA and POPE (tiny-world rows in the official columns)."""
-    root = tmp_path_factory.mktemp("paper")
-    data = root / "tiny"
-    tw.build(data, seed=0, sizes=tw.SplitSizes(train=1, validation=1, test=6), tasks=["gqa", "pope"])
-    out = root / "staged"
-    (out / "pope" / "data").mkdir(parents=True)
-    shutil.copy(tw.split_path(data, "pope", "test"), out / "pope" / "data" / "test-00000-of-00001.parquet")
-    table = pq.read_table(tw.split_path(data, "gqa", "test"))
-    (out / "gqa" / "testdev_balanced_instructions").mkdir(parents=True)
-    pq.write_table(table.drop_columns(["image"]), out / "gqa" / "testdev_balanced_instructions" / "testdev-0.parquet")
-    (out / "gqa_images").mkdir()
-    pq.write_table(table.select(["imageId", "image"]).rename_columns(["id", "image"]),
-                   out / "gqa_images" / "testdev-0.parquet")
-    return out
+    return stage_paper_tasks(tmp_path_factory.mktemp("paper"), ["gqa", "pope"], test_rows=6)
 
 
 def test_a_sweep_calibrates_dop_on_a_staged_paper_task(staged, tmp_path):

@@ -11,53 +11,17 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from repro import tinyworld as tw
 from repro.errors import ReproError
 from repro.eval import tasks as pt
 
-STAGE = {  # paper task -> (tiny key, path under STAGED/<task>/ as the hub lays it out)
-    "vqav2_val": ("vqav2", "data/validation-00000-of-00001.parquet"),
-    "vizwiz_vqa_val": ("vizwiz", "data/val-00000-of-00001.parquet"),
-    "scienceqa_img": ("scienceqa", "ScienceQA-IMG/test-00000-of-00001.parquet"),
-    "seedbench": ("seed", "data/test-00000-of-00001.parquet"),
-    "mme": ("mme", "data/test-00000-of-00001.parquet"),
-    "ai2d": ("ai2d", "data/test-00000-of-00001.parquet"),
-    "chartqa": ("chartqa", "data/test-00000-of-00001.parquet"),
-    "pope": ("pope", "data/test-00000-of-00001.parquet"),
-    "textvqa_val": ("textvqa", "data/validation-00000-of-00001.parquet"),
-    "ocrbench": ("ocrbench", "data/test-00000-of-00001.parquet"),
-    "mmbench_en_dev": ("mmbench", "en/dev-00000-of-00001.parquet"),
-    "mmbench_cn_dev": ("mmbench_cn", "cn/dev-00000-of-00001.parquet"),
-}
+from conftest import PAPER_STAGE, stage_paper_tasks
 
-
-def test_thirteen_paper_tasks_name_installed_yamls():
-    from repro.tinyworld.yamls import lmms_eval_tasks_dir
-
-    names = [t.name for t in pt.PAPER_TASKS]
-    assert names == ["textvqa_val", "vqav2_val", "gqa", "vizwiz_vqa_val", "scienceqa_img", "seedbench", "mme", "pope",
-                     "mmbench_en_dev", "mmbench_cn_dev", "ai2d", "chartqa", "ocrbench"]
-    for t in pt.PAPER_TASKS:
-        assert (lmms_eval_tasks_dir() / t.include).is_file(), t.include
+STAGE = PAPER_STAGE
 
 
 @pytest.fixture(scope="module")
 def staged(tmp_path_factory):
-    root = tmp_path_factory.mktemp("paper")
-    data = root / "tiny"
-    keys = sorted({k for k, _ in STAGE.values()} | {"gqa"})
-    tw.build(data, seed=0, sizes=tw.SplitSizes(train=1, validation=1, test=8), tasks=keys)
-    out = root / "staged"
-    for task, (key, rel) in STAGE.items():
-        (out / task / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(tw.split_path(data, key, "test"), out / task / rel)
-    table = pq.read_table(tw.split_path(data, "gqa", "test"))  # GQA: questions and images apart
-    (out / "gqa" / "testdev_balanced_instructions").mkdir(parents=True)
-    pq.write_table(table.drop_columns(["image"]), out / "gqa" / "testdev_balanced_instructions" / "testdev-0.parquet")
-    (out / "gqa_images").mkdir()
-    pq.write_table(table.select(["imageId", "image"]).rename_columns(["id", "image"]),
-                   out / "gqa_images" / "testdev-0.parquet")
-    return out
+    return stage_paper_tasks(tmp_path_factory.mktemp("paper"), [*STAGE, "gqa"], test_rows=8)
 
 
 NAMES = [*STAGE, "gqa"]
@@ -166,3 +130,41 @@ def test_reduced_task_folder_reads_only_the_subset(staged, tmp_path):
     assert files == [str((tmp_path / "_subset" / "pope" / "test-subset.parquet").resolve())]
     assert pq.read_table(files[0]).num_rows == len(pt.subset_table(staged, pt.paper_task("pope"), 4, 0)[1])
     assert pq.read_table(files[0]).num_rows < pq.read_table(staged / "pope" / STAGE["pope"][1]).num_rows
+
+
+def test_a_reduced_paper_run_gives_every_score_an_interval(staged, tmp_path):
+    """The paper profile's reduced run (`subset:`) end to end on staged data: the records name the
+    drawn rows, and the tables give every cell, Avg and Rel. Avg a bootstrap interval."""
+    import csv
+    import textwrap
+
+    from repro.report.sweep import write_reports
+    from repro.runner.spec import expand, load_spec
+    from repro.runner.store import Store
+    from repro.runner.sweep import run_sweep
+
+    spec_path = tmp_path / "reduced.yaml"
+    spec_path.write_text(textwrap.dedent(f"""\
+        profile: paper
+        models: [tiny-llava-1.5]
+        tasks: [pope, mme]
+        staged: {staged}
+        subset: {{docs: 4, seed: 0}}
+        threads: 1
+        methods:
+          - name: none
+          - name: fastv
+            budgets: [ratio:0.9]
+        """))
+    spec = load_spec(spec_path)
+    run_sweep(spec, tmp_path / "store", progress=False)
+    store = Store(tmp_path / "store")
+    for cell in expand(spec):
+        assert store.read(cell.key)["subset"]["rows"]  # the drawn rows are in every record
+    reports = write_reports(spec, store, tmp_path / "tables", tmp_path / "figures")
+    assert not reports.notes and reports.rel_avg_half_width is not None
+    rows = list(csv.DictReader(next(p for p in reports.paths if p.suffix == ".csv").open()))
+    fastv = next(r for r in rows if r["method"] == "fastv")
+    widths = [c for c in fastv if c.endswith(" half-width")]
+    assert len(widths) == 4 and all(fastv[c] != "" for c in widths), fastv  # POPE, MME, Avg, Rel. Avg
+    assert "±" in next(p for p in reports.paths if p.suffix == ".md").read_text()
