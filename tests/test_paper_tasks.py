@@ -146,10 +146,10 @@ def test_a_reduced_paper_run_gives_every_score_an_interval(staged, tmp_path):
     spec_path = tmp_path / "reduced.yaml"
     spec_path.write_text(textwrap.dedent(f"""\
         profile: paper
-        models: [tiny-llava-1.5]
+        models: [tinyworld-llava]
         tasks: [pope, mme]
         staged: {staged}
-        subset: {{docs: 4, seed: 0}}
+        subset: {{docs: 6, seed: 0}}
         threads: 1
         methods:
           - name: none
