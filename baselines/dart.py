@@ -45,6 +45,13 @@ def pivot_order(pivots: list[int], order: str) -> list[int]:
     return sorted(pivots) if order == "sorted" else list(set(pivots))
 
 
+def ranked(scores: Tensor, k: int, inverse: bool = False) -> Tensor:
+    """Positions of the k highest scores in rank order (ties: the earlier), as `topk` lists them:
+    the order the pivots enter the reference's set, which decides its iteration order when two
+    ints share a hash slot."""
+    return torch.argsort(scores if inverse else -scores, stable=True)[:k]
+
+
 def dart_select(key_norms: Tensor, states: Tensor, visual: Tensor, text: Tensor, quota: int, *,
                 n_image_pivots: int = 4, n_text_pivots: int = 4, order: str = "python_set",
                 inverse: bool = False) -> Tensor:
@@ -54,8 +61,8 @@ def dart_select(key_norms: Tensor, states: Tensor, visual: Tensor, text: Tensor,
     visual/text: sequence indices of the visual tokens and of the tokens after the span.
     `inverse` takes the lowest-norm pivots and the most similar candidates (sanity variant).
     """
-    img_piv = visual[top_indices(key_norms[visual], min(n_image_pivots, visual.numel()), inverse=inverse)]
-    txt_piv = text[top_indices(key_norms[text], min(n_text_pivots, text.numel()), inverse=inverse)]
+    img_piv = visual[ranked(key_norms[visual], n_image_pivots, inverse)]
+    txt_piv = text[ranked(key_norms[text], n_text_pivots, inverse)]
     unit = F.normalize(states.float(), dim=-1)
     order_ = pivot_order(img_piv.tolist() + txt_piv.tolist(), order)
     sims_all = unit[visual] @ unit[order_].T  # (N, pivots): one product, counted as probe cost

@@ -211,6 +211,18 @@ def test_sparsevlm_v2_keeps_original_positions_and_its_own_counts(tiny_models):
     assert [r.visual_queries for r in result.stats.layers] == sparsevlm.per_layer_visual(4, (0, 1, 2), counts, 64)
 
 
+def test_dart_pivots_enter_the_set_in_rank_order_as_the_reference():
+    """The reference builds its pivot set from `topk` lists (rank order); when two pivots share a
+    hash slot, that insertion order decides the set's iteration order and so which pivot picks
+    first. The expected set is what the official `get_retained_image_token` (VTC-Bench @ 983e443)
+    returned on these tensors; entering the pivots in position order instead keeps token 2, not 14."""
+    g = torch.Generator().manual_seed(12)
+    keys, states = torch.randn(1, 2, 47, 4, generator=g), torch.randn(1, 47, 8, generator=g)
+    norms = keys[0].permute(1, 0, 2).reshape(47, -1).abs().sum(-1)
+    kept = dart.dart_select(norms, states[0], torch.arange(1, 41), torch.arange(41, 47), 2)
+    assert kept.tolist() == [3, 6, 11, 12, 14, 15, 17, 18, 20, 22, 23, 25, 26, 27, 29, 31, 34, 37, 38, 40]
+
+
 # ------------------------------------------------------------------------------ FitPrune
 
 def test_fitprune_card_hand_example_deletes_the_lowest_product():
