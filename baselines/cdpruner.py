@@ -62,7 +62,8 @@ def dpp_greedy(kernel: Tensor, k: int) -> Tensor:
     for t in range(k):
         j = int(d2.argmax())
         chosen.append(j)
-        e = (kernel[j] - chol[:t, j] @ chol[:t]) / torch.sqrt(d2[j].clamp(min=TINY_D2))
+        residual = d2[j] if d2[j] > 0 else d2.new_tensor(TINY_D2)  # only a residual <= 0 is floored
+        e = (kernel[j] - chol[:t, j] @ chol[:t]) / torch.sqrt(residual)
         chol[t] = e
         d2 = d2 - e * e
         d2[chosen] = float("-inf")
