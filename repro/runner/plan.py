@@ -21,9 +21,7 @@ THROUGHPUT_NOTE = ("assumed throughput: batch size 1, bf16, one H100-class GPU, 
                    "0.12-0.5 s a sample by model (runner/plan.py SECONDS_PER_SAMPLE); pruned cells are counted at "
                    "the unpruned speed, so this is an upper bound")
 REDUCED_DOCS = 500  # the reduced run the plan prices when the spec sets no `subset`
-# Text tokens of the nominal prompt the infeasibility warnings assume: the paper's (35-token
-# vicuna_v1 prefix + 64 question tokens, MODELS.md section 8) and the tiny world's mean (33).
-NOMINAL_TEXT_TOKENS = {"paper": 99, "tiny": 33}
+TINY_TEXT_TOKENS = 33  # the tiny world's mean prompt text tokens (the paper's: flops.DEFAULT_TEXT_TOKENS)
 
 
 @dataclass
@@ -125,15 +123,15 @@ def make_plan(spec: Spec, staged: Path | None = None) -> Plan:
 
 def infeasible_budgets(spec: Spec) -> list[str]:
     """Each model x method x ratio:/tflops: budget below the method's cheapest run (`min_flops`) on
-    the model's nominal prompt (its card's visual tokens + NOMINAL_TEXT_TOKENS). Entries with a fit
+    the model's nominal prompt (its card's visual tokens + the profile's mean text tokens). Entries with a fit
     (`search:`) are left out: their knob is known only after the fit."""
     from repro.budget import as_budget
-    from repro.flops import unpruned_prefill_flops
+    from repro.flops import DEFAULT_TEXT_TOKENS, unpruned_prefill_flops
     from repro.methods.registry import method as build_method
     from repro.models.registry import entries
 
     cards = {e.name: e.card for e in entries()}
-    n_other = NOMINAL_TEXT_TOKENS.get(spec.profile, NOMINAL_TEXT_TOKENS["paper"])
+    n_other = TINY_TEXT_TOKENS if spec.profile == "tiny" else DEFAULT_TEXT_TOKENS
     out = []
     for entry in spec.methods:
         if entry.search is not None:
