@@ -45,13 +45,13 @@ def divprune_select(features: Tensor, k: int, *, fp32: bool = True) -> Tensor:
 
 @register("divprune", stage="pre-llm", knob="visual tokens kept, one pool over the whole visual span",
           reference="Alvar et al., CVPR 2025, arXiv 2503.02175; github.com/vbdi/divprune",
-          variants={"fp32_distances": "False: distances in the model dtype, as the reference (fp16)"})
+          variants={"fp32_distances": "True: distances in fp32 (default: the features' dtype, as the reference)"})
 class DivPrune(Method):
-    """Defaults: the reference's SUBSET_RATIO 0.098 when no budget; distances in fp32."""
+    """Defaults: the reference's SUBSET_RATIO 0.098 when no budget; distances in the features' dtype."""
 
     positions = "contiguous"  # the reference rebuilds a shorter sequence (renumbered)
 
-    def __init__(self, budget: Budget | None = None, *, subset_ratio: float = 0.098, fp32_distances: bool = True):
+    def __init__(self, budget: Budget | None = None, *, subset_ratio: float = 0.098, fp32_distances: bool = False):
         super().__init__(budget)
         if not 0 <= subset_ratio <= 1:
             raise ValueError(f"subset_ratio must be in [0, 1], got {subset_ratio}")

@@ -40,8 +40,11 @@ def trim_merge(features: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
     """(kept features in sequence order, the plain mean of the others' features; zeros if none)."""
     rest = torch.ones(features.shape[0], dtype=torch.bool, device=features.device)
     rest[keep] = False
-    mean = features[rest].float().mean(0) if bool(rest.any()) else features.new_zeros(features.shape[-1]).float()
-    return features[keep], mean.to(features.dtype)
+    if not bool(rest.any()):
+        return features[keep], features.new_zeros(features.shape[-1])
+    # the reference's form, in the features' dtype: the masked sum over every token / the count
+    mean = (features * rest[:, None].to(features.dtype)).sum(0) / rest.sum().to(features.dtype)
+    return features[keep], mean
 
 
 @register("trim", stage="pre-llm",

@@ -49,7 +49,7 @@ def vispruner_split(scores: Tensor, features: Tensor, n_keep: int, important_rat
     order = torch.argsort(scores if inverse else -scores, stable=True)
     important, residual = order[:n_important], order[n_important:]
     n_diverse = n_keep - n_important
-    unit = F.normalize(features.float(), dim=-1)
+    unit = F.normalize(features, dim=-1)  # in the features' dtype, as the reference (fp16 there)
     while residual.numel() > n_diverse:
         if n_diverse == 0:
             residual = residual[:0]

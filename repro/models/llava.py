@@ -67,8 +67,11 @@ class ClipSignals(VisionSignals):
 
     @torch.inference_mode()
     def post_norm(self, pre: Tensor) -> Tensor:
+        """In fp32 whatever the tower's dtype: TRIM's and CDPruner's references cast the features
+        to fp32 for this step, and their CLIP towers run in fp32."""
         norm = self._post_layernorm
-        return norm(pre.to(norm.weight.dtype))
+        return torch.nn.functional.layer_norm(pre.float(), norm.normalized_shape, norm.weight.float(),
+                                              norm.bias.float(), norm.eps)
 
     @torch.inference_mode()
     def project(self, pre: Tensor) -> Tensor:

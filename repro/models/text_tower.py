@@ -69,8 +69,9 @@ class TextTower:
 
     @torch.inference_mode()
     def image_embeds(self, post_normed: Tensor) -> Tensor:
-        """(n, d) CLIP image-side embeddings of post-layernormed patch features."""
-        return self.visual_projection(post_normed.to(self.visual_projection.weight.dtype)).float()
+        """(n, d) CLIP image-side embeddings of post-layernormed patch features, in fp32 (as the
+        references' fp32 towers compute them)."""
+        return torch.nn.functional.linear(post_normed.float(), self.visual_projection.weight.float())
 
 
 def random_text_tower(tokenizer, vision_hidden: int, *, seed: int = 0, hidden: int = 32, projection: int = 16,
