@@ -207,3 +207,20 @@ def test_proxy_analysis_and_curves_write_csv_and_png(tiny_models, artifact, tmp_
     paths = analyses.write_proxy_analysis(result, tmp_path, "proxy") + analyses.write_curves(artifact, tmp_path, "curves")
     assert all(p.exists() and p.stat().st_size > 0 for p in paths)
     assert (tmp_path / "curves.csv").read_text().count("\n") == 1 + sum(len(c.points) for c in artifact.curves.values())
+
+
+@pytest.mark.parametrize("reducer", ["vispruner", "divprune"])
+def test_n_v_counts_every_image_whatever_the_reducers_knob(tiny_models, reducer):
+    """DOP's n_v is the sample's total, while VisPruner's tokens:N is per image and DivPrune's is
+    one pool: on two images both reducers give n_v tokens in all, and a ratio budget is met."""
+    model = tiny_models["tiny-llava-1.5"]["sdpa"]
+    images, question = [make_image(1), make_image(2)], "What colour is the square?"
+    prepared = model.prepare(images, question)
+    visual = model.encode(prepared)
+    assert visual.patches.numel() == 128
+    kept = repro.method("dop", policy=(20, 4, 4), reducer=reducer).reduce(model, prepared, visual)
+    assert kept.patches.numel() == 20
+    full = model.generate(images, question, max_new_tokens=1).stats.tflops["paper"]
+    got = model.generate(images, question, method=repro.method("dop", "ratio:0.5", policy=(20, 4, 4), reducer=reducer),
+                         max_new_tokens=1).stats
+    assert got.tflops["paper"] <= 0.5 * full * (1 + 1e-12) and got.visual_tokens >= 60

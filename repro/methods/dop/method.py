@@ -20,7 +20,7 @@ from repro.errors import ReproError
 from repro.methods.base import Method
 from repro.methods.dop.artifact import DEFAULT_REDUCER, SearchArtifact, SearchOptions
 from repro.methods.dop.policy import MHA_SEMANTICS, Policy, flops_grid, grouped_flops, policy_schedule
-from repro.methods.dop.search import choose, load_artifact, reducer_options, search
+from repro.methods.dop.search import choose, load_artifact, reduce_to, search
 from repro.methods.registry import method as build_method
 from repro.methods.registry import register
 
@@ -154,10 +154,10 @@ class DOP(Method):
             return self._reduce_within_budget(model, prepared, visual, policy)
         if policy.n_visual >= visual.patches.numel() and not self.grouped(model):
             return visual
-        return self._reducer(policy.n_visual).reduce(model, prepared, visual)
+        return self._reduce(model, prepared, visual, policy.n_visual)
 
-    def _reducer(self, n_visual: int) -> Method:
-        return build_method(self.reducer, f"tokens:{n_visual}", **reducer_options(self.reducer, self.reducer_options))
+    def _reduce(self, model, prepared, visual, n_visual: int):
+        return reduce_to(model, prepared, visual, self.reducer, self.reducer_options, n_visual)
 
     def _reduce_within_budget(self, model, prepared, visual, policy: Policy):
         """The reducer's tokens at the largest n_v whose prefill FLOPs under the policy's depths fit
@@ -170,12 +170,12 @@ class DOP(Method):
             (a, p), = policy.depths
             grid = flops_grid(card, n_other, np.arange(n_max + 1) + (n_all - n_max), "paper", self.mha_semantics)
             n_visual = solve_knob(range(n_max + 1), lambda n: float(grid[n, a, p]), ceiling)
-            return visual if n_visual >= n_max else self._reducer(n_visual).reduce(model, prepared, visual)
+            return visual if n_visual >= n_max else self._reduce(model, prepared, visual, n_visual)
         depths = np.array(policy.depths)
         reduced: dict[int, object] = {}
 
         def cost(n: int) -> float:  # the reducer decides the group sizes, so run it
-            reduced[n] = self._reducer(n).reduce(model, prepared, visual)
+            reduced[n] = self._reduce(model, prepared, visual, n)
             if "group" not in reduced[n].meta:
                 raise ReproError(f"a per-group DOP policy needs a reducer that tags token groups; {self.reducer!r} "
                                  "does not (use vispruner, or a single (n_v, D_A, D_P) policy)")
@@ -184,7 +184,7 @@ class DOP(Method):
                                        self.mha_semantics))
 
         n_visual = solve_knob(range(n_max + 1), cost, ceiling)
-        return reduced[n_visual] if n_visual in reduced else self._reducer(n_visual).reduce(model, prepared, visual)
+        return reduced[n_visual] if n_visual in reduced else self._reduce(model, prepared, visual, n_visual)
 
     def planner(self, model, seq):
         groups = None

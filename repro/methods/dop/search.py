@@ -57,6 +57,30 @@ def reducer_options(reducer: str, options: dict) -> dict:
         return {"full_crops": False, **options}
     return dict(options)
 
+def reduce_to(model, prepared, visual, reducer: str, options: dict, n_visual: int):
+    """The reducer's tokens, `n_visual` of them in all: DOP's n_v counts the whole sample, while a
+    reducer's `tokens:N` is its own knob (one pool for some, N per image for most, as their
+    references run one row per image). On a sample of several images the largest knob whose tokens
+    stay within `n_visual` is searched by bisection (the reducer runs a few times)."""
+    def run(n: int):
+        return build_method(reducer, f"tokens:{n}", **reducer_options(reducer, options)).reduce(model, prepared, visual)
+
+    if len(prepared.images) <= 1:
+        return run(n_visual)
+    lo, hi, best = 0, n_visual, None
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        try:
+            reduced = run(mid)
+        except ReproError:  # more tokens per image than an image offers
+            reduced = None
+        if reduced is not None and reduced.patches.numel() <= n_visual:
+            best, lo = reduced, mid + 1
+        else:
+            hi = mid - 1
+    return best if best is not None else run(0)
+
+
 log = logging.getLogger(__name__)
 PARAMETERS = ("n_visual", "attention_depth", "mlp_depth")
 
@@ -125,9 +149,9 @@ class SampleRunner:
 
     def _reduced(self, n_visual: int):
         opts, model = self.options, self.model
-        reducer = build_method(opts.reducer, f"tokens:{n_visual}", **reducer_options(opts.reducer, opts.reducer_options))
-        seq = model.assemble(self.prepared, reducer.reduce(model, self.prepared, self.visual),
-                             reducer.position_mode(model))
+        reducer = build_method(opts.reducer, "tokens:1", **reducer_options(opts.reducer, opts.reducer_options))
+        reduced = reduce_to(model, self.prepared, self.visual, opts.reducer, opts.reducer_options, n_visual)
+        seq = model.assemble(self.prepared, reduced, reducer.position_mode(model))
         if opts.groups == "reducer" and seq.visual_groups is None:
             raise ReproError(f"reducer {opts.reducer!r} did not tag its token groups (meta['group'])")
         return seq
