@@ -264,3 +264,19 @@ def test_api_accepts_a_path_or_a_pil_image(world):
     assert from_path.tokens == from_pil.tokens == from_list.tokens
     assert json.dumps(from_path.stats.as_dict()) == json.dumps(from_pil.stats.as_dict())
 
+
+
+def test_a_vision_signal_the_family_lacks_is_one_clear_error(tiny_models):
+    """Qwen2.5-VL's tower has no CLIP post-layernorm and no [CLS] token: asking is a ReproError
+    naming the gap, not a NotImplementedError traceback."""
+    import torch
+
+    from conftest import make_image
+    from repro.errors import ReproError
+
+    model = tiny_models["tiny-qwen2.5-vl"]["sdpa"]
+    signals = model.encode(model.prepare([make_image(0)], "What?")).signals
+    with pytest.raises(ReproError, match="QwenSignals has no CLIP post-layernorm; the method asking for it"):
+        signals.post_norm(torch.zeros(2, 4))
+    with pytest.raises(ReproError, match="has no \\[CLS\\] token fed to a projector"):
+        signals.crop_cls_feature()

@@ -19,6 +19,7 @@ from PIL import Image
 from torch import Tensor
 
 from repro.engine import Decoder, Sequence
+from repro.errors import ReproError
 
 # Per-visual-token metadata fields (int64 tensors, one entry per visual token):
 #   index  position in the model's full visual-token sequence (before any reduction)
@@ -163,18 +164,23 @@ class VisionSignals:
         `crop`, `patch`, `row`, `col`, `image`. Default: each crop's own grid."""
         return self.crop_grid_meta()
 
+    def _missing(self, what: str) -> ReproError:
+        """A method asked for a vision signal this family's tower does not have: one clear error."""
+        return ReproError(f"{type(self).__name__} has no {what}; the method asking for it is not defined on this "
+                          "model family (its card in docs/methods/ lists the families it runs on)")
+
     def project(self, pre: Tensor) -> Tensor:
         """Pre-projector vision features -> LLM space, with the model's own projector."""
-        raise NotImplementedError(f"{type(self).__name__} cannot project merged features")
+        raise self._missing("projector for merged features")
 
     def post_norm(self, pre: Tensor) -> Tensor:
         """The tower's final norm (CLIP `post_layernorm`), the input of CLIP's visual projection."""
-        raise NotImplementedError(f"{type(self).__name__} has no CLIP post-layernorm")
+        raise self._missing("CLIP post-layernorm")
 
     # Per-crop computations, (n_crops, n_patches[, ...]); implemented per family.
     def crop_cls_attention(self, layer: int | None) -> Tensor:
         """(n_crops, n_patches, heads)."""
-        raise NotImplementedError(f"{type(self).__name__} has no [CLS] attention signal")
+        raise self._missing("[CLS] attention signal")
 
     def crop_keys(self, layer: int | None) -> Tensor:
         raise NotImplementedError
@@ -183,10 +189,10 @@ class VisionSignals:
         raise NotImplementedError
 
     def crop_cls_attention_one_head(self, layer: int | None) -> Tensor:
-        raise NotImplementedError(f"{type(self).__name__} has no single-head [CLS] attention signal")
+        raise self._missing("single-head [CLS] attention signal")
 
     def crop_cls_feature(self) -> Tensor:
-        raise NotImplementedError(f"{type(self).__name__} has no [CLS] token fed to a projector")
+        raise self._missing("[CLS] token fed to a projector")
 
     def crop_grid_meta(self) -> dict[str, Tensor]:
         n_crops, n_patches = self.per_crop_pre_projector().shape[:2]
