@@ -162,7 +162,7 @@ class DOP(Method):
     def _reduce_within_budget(self, model, prepared, visual, policy: Policy):
         """The reducer's tokens at the largest n_v whose prefill FLOPs under the policy's depths fit
         the budget on this sample's real shape (paper convention, as every baseline is solved)."""
-        card, L = model.card, model.card.layers
+        card = model.card
         n_max, n_all = visual.patches.numel(), len(visual)
         n_other = prepared.input_ids.numel() - n_all
         ceiling = self.budget.max_flops(flops.unpruned_prefill_flops(card, prepared.input_ids.numel(), "paper"))
