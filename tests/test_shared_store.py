@@ -39,6 +39,23 @@ needs_root = pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0,
                                 reason="dropping to another uid needs root (run as root in CI containers)")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def checkout_reachable_by_another_account():
+    """The other account runs this checkout's code and reads its shipped weights, so it must be
+    able to traverse the folders above it. A private clone folder (`mktemp -d` makes 0700) gets
+    o+x for this module's duration and its mode back afterwards."""
+    changed = []
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        for folder in [ROOT, *ROOT.parents]:
+            mode = folder.stat().st_mode & 0o7777
+            if not mode & 0o001:
+                folder.chmod(mode | 0o001)
+                changed.append((folder, mode))
+    yield
+    for folder, mode in changed:
+        folder.chmod(mode)
+
+
 @pytest.fixture
 def shared_dir():
     """A folder every account can traverse (pytest's tmp_path is private to its owner)."""
