@@ -27,6 +27,7 @@ SEED = 0
 LEVEL = 0.95
 #: per-sample dict fields that tie documents into one scoring unit (lmms-eval's MME / our MMBench)
 CLUSTER_FIELDS = ("question_id", "circular_id")
+CLUSTER_FIELDS_SET = frozenset(CLUSTER_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -98,9 +99,21 @@ def draws(task: str, n_clusters: int, boot: Bootstrap) -> np.ndarray:
 
 
 def _relabel(value: Any, copy: int) -> Any:
-    if isinstance(value, dict):
-        return {k: (f"{v}#{copy}" if k in CLUSTER_FIELDS else v) for k, v in value.items()}
-    return value
+    return {k: (f"{v}#{copy}" if k in CLUSTER_FIELDS else v) for k, v in value.items()}
+
+
+def _copies(values: list[list[Any]]) -> Callable[[int, int], list[Any]]:
+    """(cluster, copy) -> the cluster's values as that drawn copy: relabeled where a value carries a
+    cluster field (each distinct pair built once), the stored values themselves otherwise."""
+    if not any(isinstance(v, dict) and CLUSTER_FIELDS_SET & v.keys() for g in values for v in g):
+        return lambda c, _j: values[c]
+    built: dict[tuple[int, int], list[Any]] = {}
+
+    def copy(c: int, j: int) -> list[Any]:
+        if (c, j) not in built:
+            built[c, j] = [_relabel(v, j) if isinstance(v, dict) else v for v in values[c]]
+        return built[c, j]
+    return copy
 
 
 def replicate_scores(metric: TaskMetric, samples: Sequence[SampleRecord], groups: list[list[int]],
@@ -117,9 +130,10 @@ def replicate_scores(metric: TaskMetric, samples: Sequence[SampleRecord], groups
         flat = np.array([float(g[0]) for g in values])
         return flat[picks].mean(axis=1) * metric.scale
     out = np.empty(len(picks))
+    copy = _copies(values)
     with _quiet(metric.aggregate):
-        for b, row in enumerate(picks):
-            items = [_relabel(v, j) for j, c in enumerate(row) for v in values[c]]
+        for b, row in enumerate(picks.tolist()):
+            items = [v for j, c in enumerate(row) for v in copy(c, j)]
             out[b] = float(metric.aggregate(items)) * metric.scale
     return out
 
