@@ -587,7 +587,8 @@ def _configure_sweep(parser: argparse.ArgumentParser) -> None:
                         help="local executor: worker processes, one thread each when several (default: the spec's "
                              "`workers`, else one per available core on a CPU, one on an accelerator)")
     parser.add_argument("--encode-cache-mb", type=_non_negative_int, default=None,
-                        help="each worker's cache of image encodings, in MiB (default 1024; 0 turns it off)")
+                        help="each worker's caches of processor outputs and image encodings, in MiB each "
+                             "(default 1024; 0 turns them off)")
     parser.add_argument("--batch-size", type=_positive_int, default=1,
                         help="samples packed into one pass (equal to 1 up to fp32 rounding; 1 on a CPU: packing "
                              "does not pay there)")

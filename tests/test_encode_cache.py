@@ -1,7 +1,8 @@
 """Encode once (repro/models/encodings.py): every registered method gives bit-identical results
-with the encoding cache on and off, over the four tiny families and prompts of several lengths;
-the cache is content-addressed (same image, any question: a hit; another image or processor
-option: a miss) and bounded in memory."""
+with the caches of processor outputs and encodings on and off, over the four tiny families and
+prompts of several lengths; the caches are content-addressed (encodings: same image, any question
+is a hit, another image or processor option a miss; processor outputs: same pixels and question)
+and bounded in memory; the latency protocol's path bypasses them."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch
 import repro
 from repro.errors import ReproError
 from repro.methods import specs
-from repro.models.encodings import EncodingCache, nbytes
+from repro.models.encodings import DEFAULT_CAPACITY_BYTES, EncodingCache, nbytes
 
 from conftest import TINY, make_image
 
@@ -52,11 +53,12 @@ def run_all(model, images) -> list:
 def test_every_method_is_bit_identical_with_and_without_the_cache(name):
     model = repro.load(name)
     images = [make_image(0), make_image(1, (90, 120)), make_image(0)]  # the third repeats the first
-    model.encodings = EncodingCache(0)
+    model.cache(0)
     off = run_all(model, images)
-    model.encodings = EncodingCache()
+    model.cache(DEFAULT_CAPACITY_BYTES)
     on = run_all(model, images)
     assert model.encodings.misses == 2  # each image encoded once
+    assert model.preparations.misses == 2  # each (image, question) processed once
     for a, b in zip(off, on):
         assert a[:3] == b[:3] and a[4] == b[4], a[0]
         assert torch.equal(a[3], b[3]), a[0]
@@ -71,6 +73,19 @@ def test_key_is_the_image_content_and_processor_options_not_the_question(tiny_mo
     small = repro.load("tiny-qwen2.5-vl", max_pixels=56 * 56)
     assert small.prepare(make_image(0), "What?").encoding_key != a.encoding_key
     assert model.adapter.prepare([], "No image.").encoding_key is None  # (Model.prepare needs an image)
+
+
+def test_processor_outputs_are_keyed_by_pixels_and_question_and_returned_as_shells():
+    model = repro.load("tiny-llava-1.5")
+    a = model.prepare(make_image(0), "What?")
+    assert model.prepare(make_image(0).copy(), "What?").inputs["pixel_values"] is a.inputs["pixel_values"]
+    assert model.preparations.hits == 1
+    other = model.prepare(make_image(0), "Something else?")  # the question is part of the key
+    assert model.preparations.misses == 2 and other.prompt != a.prompt
+    assert model.prepare(make_image(1), "What?").encoding_key != a.encoding_key
+    b = model.prepare(make_image(0), "What?")
+    b.inputs["input_ids"] = torch.zeros(1, 1, dtype=torch.long)  # a caller rebinding a field
+    assert torch.equal(model.prepare(make_image(0), "What?").inputs["input_ids"], a.inputs["input_ids"])
 
 
 def test_internvl_key_names_the_tiles_of_each_image(tiny_models):

@@ -59,6 +59,7 @@ def test_prefill_latency_falls_with_the_budget(medium):
     cells = [("unpruned", None, "-")] + [("vispruner", repro.method("vispruner", f"ratio:{r}"), f"ratio:{r}")
                                          for r in (0.5, 0.25)]
     records = measure_cells(medium, [image], "What?", cells, repeats=7, warmup=2, answer_tokens=2)
+    assert len(medium.preparations) == len(medium.encodings) == 0  # every repeat ran the processor and tower
     assert measure(medium, [image], "What?", repeats=1, warmup=0, answer_tokens=1).method == "unpruned"
     prefill = [r.stages["prefill"]["median_ms"] for r in records]
     assert prefill[1] < 0.8 * prefill[0] and prefill[2] < 0.8 * prefill[1]  # FLOPs ratios 0.5 and 0.5

@@ -1,19 +1,24 @@
-"""Encode each image once: a content-addressed, memory-bounded cache of visual encodings.
+"""Encode each image once: content-addressed, memory-bounded caches of what an image turns into.
 
-A sweep runs the same documents through many methods and budgets; the vision tower's output does
-not depend on any of them. The cache belongs to one loaded `Model` (so the model is part of the
-key by construction) and is keyed by a digest of exactly what the tower reads: the processor's
-image-side tensors (pixel values, image sizes / grids; dtype, shape and bytes), which captures the
-image content and every processor option that changes them, plus the adapter's own extras (e.g.
-InternVL's tiles per image). A hit returns the stored `VisualTokens`, vision signals included, so
-[CLS] attention, keys and pre-projector features computed for one method serve the next one too.
+A sweep runs the same documents through many methods and budgets; neither the processor's output
+nor the vision tower's depends on any of them. A loaded `Model` holds two caches (so the model is
+part of every key by construction):
+- `preparations`: the processor's output (`Prepared`: prompt, input ids, pixel values), keyed by a
+  digest of the images' pixels and the question;
+- `encodings`: the tower's output (`VisualTokens`), keyed by a digest of exactly what the tower
+  reads: the processor's image-side tensors (pixel values, image sizes / grids; dtype, shape and
+  bytes), which captures the image content and every processor option that changes them, plus
+  the adapter's own extras (e.g. InternVL's tiles per image). A hit returns the stored encoding,
+  vision signals included, so [CLS] attention, keys and pre-projector features computed for one
+  method serve the next one too.
 
-Exactness: the stored tensors are the ones a fresh encode would produce (the tower is
-deterministic for a fixed input, thread count and device), and methods never modify encodings in
-place (they `select` or `replace`), so results are bit-identical with and without the cache
-(tests/test_encode_cache.py). Memory: least-recently-used entries are dropped once the entries'
-tensors (features, metadata, the tower's hidden states the signals read, computed signals) exceed
-`capacity_bytes`; 0 disables caching.
+Exactness: the stored tensors are the ones a fresh call would produce (the processor and the tower
+are deterministic for a fixed input, thread count and device), and nothing modifies them in place
+(methods `select` or `replace`; a hit hands out a shell with its own containers), so results are
+bit-identical with and without the caches (tests/test_encode_cache.py). Memory: least-recently-used
+entries are dropped once the entries' tensors (for encodings also the tower's hidden states the
+signals read, and computed signals) exceed `capacity_bytes`; 0 disables caching. The latency
+protocol bypasses both (`cached=False`): it times the processor and the tower on every repeat.
 """
 
 from __future__ import annotations
@@ -21,14 +26,16 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from dataclasses import replace
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
 import torch
+from PIL import Image
 from torch import Tensor
 
-from repro.models.adapter import VisualTokens
+from repro.models.adapter import Prepared, VisualTokens
 
-DEFAULT_CAPACITY_BYTES = 1 << 30  # per loaded model; tinyworld-llava needs about 0.7 MB an image
+Entry = TypeVar("Entry", VisualTokens, Prepared)
+DEFAULT_CAPACITY_BYTES = 1 << 30  # per cache and loaded model; tinyworld-llava needs about 0.7 MB an image
 
 
 def digest_tensors(items: Iterable[tuple[str, Tensor]], *extra: Any) -> str:
@@ -58,21 +65,42 @@ def _tensors(obj: Any, depth: int = 0) -> Iterable[Tensor]:
             yield from _tensors(v, depth + 1)
 
 
-def nbytes(visual: VisualTokens) -> int:
-    """Bytes of the distinct storages an encoding keeps alive (signals' hidden states included)."""
+def digest_images(images: Iterable[Image.Image], *extra: Any) -> str:
+    """sha256 over the images' pixels (mode, size, bytes) and any extra values (their repr)."""
+    h = hashlib.sha256()
+    for image in images:
+        h.update(f"{image.mode}|{image.size}|".encode())
+        h.update(image.tobytes())
+    for value in extra:
+        h.update(repr(value).encode())
+    return h.hexdigest()
+
+
+def nbytes(entry: VisualTokens | Prepared) -> int:
+    """Bytes of the distinct storages an entry keeps alive (an encoding's signals' hidden states included)."""
+    parts = (entry.inputs,) if isinstance(entry, Prepared) else (entry.features, entry.meta, entry.signals)
     seen: dict[int, int] = {}
-    for t in [*_tensors(visual.features), *_tensors(visual.meta), *_tensors(visual.signals)]:
+    for t in (t for part in parts for t in _tensors(part)):
         storage = t.untyped_storage()
         seen[storage.data_ptr()] = storage.nbytes()
     return sum(seen.values())
 
 
+def _shell(entry: VisualTokens | Prepared) -> VisualTokens | Prepared:
+    """The entry with its own containers around the shared tensors: callers may rebind its fields
+    without touching the stored one."""
+    if isinstance(entry, Prepared):
+        return replace(entry, inputs=dict(entry.inputs), images=list(entry.images))
+    return replace(entry, meta=dict(entry.meta))
+
+
 class EncodingCache:
-    """LRU map from an encoding key to `VisualTokens`, bounded by the bytes its entries hold."""
+    """LRU map from a content key to an entry (`VisualTokens` or `Prepared`), bounded by the bytes
+    its entries hold."""
 
     def __init__(self, capacity_bytes: int = DEFAULT_CAPACITY_BYTES):
         self.capacity_bytes = int(capacity_bytes)
-        self._entries: OrderedDict[str, VisualTokens] = OrderedDict()
+        self._entries: OrderedDict[str, VisualTokens | Prepared] = OrderedDict()
         self._sizes: dict[str, int] = {}
         self._total = 0
         self._last: str | None = None  # signals are computed after `get` returns: re-measure it next time
@@ -95,25 +123,24 @@ class EncodingCache:
         self._sizes.clear()
         self._total, self._last = 0, None
 
-    def get(self, key: str | None, compute: Callable[[], VisualTokens]) -> VisualTokens:
-        """The encoding under `key`, computed (and stored) on a miss; `key=None` never caches."""
+    def get(self, key: str | None, compute: Callable[[], Entry]) -> Entry:
+        """The entry under `key`, computed (and stored) on a miss; `key=None` never caches."""
         if key is None or not self.enabled:
             return compute()
         self._remeasure(self._last)
-        visual = self._entries.get(key)
-        if visual is not None:
+        entry = self._entries.get(key)
+        if entry is not None:
             self.hits += 1
             self._entries.move_to_end(key)
         else:
             self.misses += 1
-            visual = compute()
-            self._entries[key] = visual
+            entry = compute()
+            self._entries[key] = entry
             self._sizes[key] = 0
             self._remeasure(key)
         self._last = key
         self._shrink(keep=key)
-        # A fresh shell each time: callers may rebind its fields without touching the stored one.
-        return replace(visual, meta=dict(visual.meta))
+        return _shell(entry)
 
     def _remeasure(self, key: str | None) -> None:
         if key in self._entries:

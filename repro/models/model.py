@@ -16,7 +16,7 @@ from repro.engine import Engine, LayerRecord, PrefillOutput, Schedule, Sequence
 from repro.models.adapter import Adapter, Prepared, VisualTokens
 from repro.errors import ReproError
 from repro.models.cards import ArchCard
-from repro.models.encodings import EncodingCache
+from repro.models.encodings import EncodingCache, digest_images
 
 if TYPE_CHECKING:
     from repro.methods.base import Method
@@ -105,8 +105,9 @@ class Model:
         self.random_weights = random_weights  # built offline with random weights (tiny/bench models, timing runs)
         self.engine = Engine(adapter.decoder, backend=attn_implementation)
         self._text_towers: dict[str | None, Any] = {}
-        # Encodings of images seen before, shared by every method and cell run on this model
-        # (bit-identical to encoding again; `encodings.capacity_bytes = 0` turns it off).
+        # Processor outputs and encodings of images seen before, shared by every method and cell
+        # run on this model (bit-identical to computing them again; models/encodings.py).
+        self.preparations = EncodingCache()
         self.encodings = EncodingCache()
 
     def text_tower(self, source: str | None = None):
@@ -129,11 +130,28 @@ class Model:
     def tokenizer(self) -> Any:
         return self.processor.tokenizer
 
+    def cache(self, capacity_bytes: int) -> None:
+        """Fresh caches of processor outputs and encodings, `capacity_bytes` each (0: no caching)."""
+        self.preparations = EncodingCache(capacity_bytes)
+        self.encodings = EncodingCache(capacity_bytes)
+
     # The data path, step by step (methods and analyses call these directly).
-    def prepare(self, images: ImagesLike, question: str) -> Prepared:
+    def prepare(self, images: ImagesLike, question: str, *, cached: bool = True) -> Prepared:
+        """The processor's output for `images` and `question`; `cached=False` runs the processor
+        even for an (images, question) pair seen before."""
         if not isinstance(question, str):
             raise ReproError(f"question must be text, got {type(question).__name__}")
-        return self.adapter.prepare(as_images(images), question)
+        images = as_images(images)
+        if not cached or not self.preparations.enabled:
+            return self.adapter.prepare(images, question)
+        key = digest_images(images, question)  # the model (processor, chat template) owns the cache
+        return self.preparations.get(key, lambda: self._prepare_keyed(images, question))
+
+    def _prepare_keyed(self, images: list[Image.Image], question: str) -> Prepared:
+        prepared = self.adapter.prepare(images, question)
+        if self.encodings.enabled:
+            prepared.encoding_key  # hashed once here, carried by every cached copy
+        return prepared
 
     @torch.inference_mode()
     def encode(self, prepared: Prepared, *, cached: bool = True) -> VisualTokens:

@@ -55,7 +55,7 @@ def run_sweep(spec: Spec, store_root: Path | str, *, executor: str = "local", sl
               encode_cache_mb: int | None = None, batch_size: int = 1) -> SweepResult:
     """Evaluate the spec's unfinished cells. `workers`: local worker processes (default: the spec's,
     else one per available core on a CPU, one on an accelerator); several run one thread each.
-    `encode_cache_mb`: each worker's encoding cache (models/encodings.py; 0 turns it off);
+    `encode_cache_mb`: each worker's caches of processor outputs and encodings (models/encodings.py; 0: off);
     `batch_size`: samples packed per pass (engine/packed.py), speed only like `threads`."""
     from repro.eval import parallel
     from repro.runner.provenance import git_commit
