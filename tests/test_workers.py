@@ -6,9 +6,10 @@ from __future__ import annotations
 import textwrap
 
 import pytest
+import torch
 
 from repro.errors import ReproError
-from repro.runner.executors import Outcome, _merge, default_workers, task_major
+from repro.runner.executors import Outcome, _merge, _results, default_workers, task_major
 from repro.runner.spec import expand, load_spec
 from repro.runner.store import Store
 from repro.runner.sweep import run_sweep
@@ -39,7 +40,13 @@ def test_two_workers_store_what_one_worker_stores(tmp_path):
     spec = load_spec(path)
     cells = expand(spec)
     one = run_sweep(spec, tmp_path / "one", progress=False, workers=1)
-    two = run_sweep(spec, tmp_path / "two", progress=False, workers=2)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        two = run_sweep(spec, tmp_path / "two", progress=False, workers=2)  # this process is one of the two
+        assert torch.get_num_threads() == 2  # its one-thread setting was for the sweep only
+    finally:
+        torch.set_num_threads(before)
     keys = sorted(c.key for c in cells)
     assert sorted(one.outcome.computed) == sorted(two.outcome.computed) == keys  # each cell once
     a, b = Store(tmp_path / "one"), Store(tmp_path / "two")
@@ -77,3 +84,17 @@ def test_workers_must_be_a_positive_integer(tmp_path):
     path.write_text(SPEC + "workers: 0\n")
     with pytest.raises(ReproError, match="workers"):
         load_spec(path)
+
+
+def test_a_worker_that_dies_without_a_result_is_one_clear_error():
+    import multiprocessing as mp
+    import os
+
+    ctx = mp.get_context("spawn")
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=os._exit, args=(3,))  # a real process, gone before sending its outcome
+    proc.start()
+    send.close()
+    with pytest.raises(ReproError, match=r"worker 1 died \(exit code 3\).*finished cells are kept"):
+        _results([proc], [recv])
+    proc.join()

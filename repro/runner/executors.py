@@ -8,11 +8,12 @@ after the other worker has written it). The executors hand it cells task by task
 every row of one task, then the next task), so the loaded model's encoding cache
 (models/encodings.py) encodes each image once.
 
-The local executor (`run_local`) runs `workers` such processes (spawned, one thread each unless
-told otherwise, each loading its model once) over the same cells, each starting at another point
-of the list; the per-cell locks share the work out, and results equal one worker's because each
-cell is computed by exactly one process in the same way. On a CPU the default is one worker per
-available core (`default_workers`). The SLURM executor submits `run_cells` through submitit, one
+The local executor (`run_local`) runs `workers` such workers over the same cells, each starting at
+another point of the list: the sweep's own process (its imports are paid already) and `workers - 1`
+spawned processes, one thread each unless told otherwise, each loading its model once. The
+per-cell locks share the work out, and results equal one worker's because each cell is computed by
+exactly one process in the same way. On a CPU the default is one worker per available core
+(`default_workers`). The SLURM executor submits `run_cells` through submitit, one
 job per group of rows.
 
 Under `accelerate launch --num_processes N -m repro sweep SPEC` (repro.eval.parallel) every rank
@@ -181,9 +182,7 @@ class _Worker:
             model = repro.load(cell.model, dtype=cell.dtype, device=process_device(cell.device),
                                attn_implementation=cell.attn, revision=cell.revision, **cell.model_options)
             if self.encode_cache_mb is not None:
-                from repro.models.encodings import EncodingCache
-
-                model.encodings = EncodingCache(self.encode_cache_mb << 20)
+                model.cache(self.encode_cache_mb << 20)
             self.models[key] = model
         return self.models[key]
 
@@ -264,14 +263,10 @@ def run_cells(cells: list[Cell], store_root: str, source: DataSource, commit: st
               progress: bool = True, threads: int | None = None, encode_cache_mb: int | None = None,
               batch_size: int = 1) -> Outcome:
     """Evaluate every unfinished cell of `cells` into the store at `store_root` (see module doc).
-    `encode_cache_mb`: the loaded models' encoding cache size (0: off; None: the default);
+    `encode_cache_mb`: the loaded models' caches of processor outputs and encodings (MiB each; 0: off;
+    None: the default);
     `batch_size`: samples packed per pass (engine/packed.py; equal to 1 up to fp32 rounding)."""
     from tqdm import tqdm
-
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
 
     from repro.eval import parallel
 
@@ -318,11 +313,27 @@ def run_cells(cells: list[Cell], store_root: str, source: DataSource, commit: st
             bar.update(1)
             return True
 
-    deferred = [cell for cell in cells if not attempt(cell, blocking=False)]
-    for cell in deferred:  # held by another sweep: wait for it, then it is usually done
-        attempt(cell, blocking=True)
+    with torch_threads(threads):
+        deferred = [cell for cell in cells if not attempt(cell, blocking=False)]
+        for cell in deferred:  # held by another sweep: wait for it, then it is usually done
+            attempt(cell, blocking=True)
     bar.close()
     return outcome
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None):
+    """torch's CPU threads set to `threads` for the block (None: unchanged) and restored after: the
+    caller's process (the sweep's own, a notebook) keeps its setting."""
+    import torch
+
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def task_major(cells: list[Cell]) -> list[Cell]:
@@ -351,7 +362,8 @@ def default_workers(device: str, threads: int | None = None) -> int:
 def run_local(cells: list[Cell], store_root: str, source: DataSource, commit: str = "unknown",
               progress: bool = True, threads: int | None = None, workers: int = 1,
               encode_cache_mb: int | None = None, batch_size: int = 1) -> Outcome:
-    """`run_cells` in this process (one worker), or in `workers` spawned processes sharing the cells."""
+    """`run_cells` over `cells` by `workers` workers: this process (its imports are already paid)
+    and `workers - 1` spawned processes, sharing the cells through the store's locks."""
     from repro.eval import parallel
 
     workers = min(workers, len(cells))
@@ -359,15 +371,13 @@ def run_local(cells: list[Cell], store_root: str, source: DataSource, commit: st
         return run_cells(task_major(cells), store_root, source, commit, progress, threads, encode_cache_mb,
                          batch_size)
     import multiprocessing as mp
-    from multiprocessing.connection import wait
 
     source.build()  # once, here: workers must not generate the same files concurrently
     ordered = task_major(cells)
-    ctx = mp.get_context("spawn")  # a fresh interpreter: no inherited OpenMP or lock state
+    slices = [ordered[i * len(ordered) // workers:] + ordered[:i * len(ordered) // workers] for i in range(workers)]
+    ctx = mp.get_context("spawn")  # a fresh interpreter: no inherited OpenMP, lock or file-lock state
     procs, pipes = [], []
-    for i in range(workers):
-        start = i * len(ordered) // workers
-        mine = ordered[start:] + ordered[:start]  # each worker starts elsewhere; locks share the rest
+    for i, mine in enumerate(slices[1:], start=1):  # each starts elsewhere in the list; locks share the rest
         recv, send = ctx.Pipe(duplex=False)
         proc = ctx.Process(target=_work, name=f"repro-worker-{i}",
                            args=(mine, store_root, source, commit, threads or 1, encode_cache_mb, batch_size, send,
@@ -376,32 +386,43 @@ def run_local(cells: list[Cell], store_root: str, source: DataSource, commit: st
         send.close()
         procs.append(proc)
         pipes.append(recv)
-    print(f"{workers} worker processes, {threads or 1} thread(s) each, {len(cells)} cells", flush=True)
-    results: dict[int, tuple] = {}
+    print(f"{workers} workers (this process and {workers - 1} spawned), {threads or 1} thread(s) each, "
+          f"{len(cells)} cells", flush=True)
     try:
-        while len(results) < workers:
-            waiting = [i for i in range(workers) if i not in results]
-            ready = wait([pipes[i] for i in waiting] + [procs[i].sentinel for i in waiting])
-            for i in waiting:
-                if pipes[i] in ready or procs[i].sentinel in ready:
-                    try:
-                        if pipes[i].poll():
-                            results[i] = pipes[i].recv()
-                            continue
-                    except EOFError:  # closed without a result: the worker is gone
-                        procs[i].join()
-                    if not procs[i].is_alive():
-                        raise ReproError(f"sweep worker {i} died (exit code {procs[i].exitcode}) before finishing; "
-                                         "rerun the sweep: finished cells are kept")
-            for status, payload in results.values():
-                if status != "ok":
-                    raise (ReproError(payload) if status == "repro" else RuntimeError(f"sweep worker failed:\n{payload}"))
+        outcomes = [run_cells(slices[0], store_root, source, commit, False, threads or 1, encode_cache_mb, batch_size)]
+        outcomes += _results(procs, pipes)
     finally:
         for proc in procs:
             if proc.is_alive():
                 proc.terminate()
             proc.join()
-    return _merge([payload for _, payload in results.values()])
+    return _merge(outcomes)
+
+
+def _results(procs: list, pipes: list) -> list[Outcome]:
+    """The spawned workers' outcomes, as each finishes; an error or a worker's death is raised."""
+    from multiprocessing.connection import wait
+
+    results: dict[int, Outcome] = {}
+    while len(results) < len(procs):
+        waiting = [i for i in range(len(procs)) if i not in results]
+        ready = wait([pipes[i] for i in waiting] + [procs[i].sentinel for i in waiting])
+        for i in waiting:
+            if pipes[i] not in ready and procs[i].sentinel not in ready:
+                continue
+            try:
+                if pipes[i].poll():
+                    status, payload = pipes[i].recv()
+                    if status != "ok":
+                        raise (ReproError(payload) if status == "repro" else RuntimeError(f"sweep worker failed:\n{payload}"))
+                    results[i] = payload
+                    continue
+            except EOFError:  # closed without a result: the worker is gone
+                procs[i].join()
+            if not procs[i].is_alive():
+                raise ReproError(f"sweep worker {i + 1} died (exit code {procs[i].exitcode}) before finishing; "
+                                 "rerun the sweep: finished cells are kept")
+    return list(results.values())
 
 
 def _work(cells: list[Cell], store_root: str, source: DataSource, commit: str, threads: int,
