@@ -556,6 +556,52 @@ def _read_image(path: str):
     return read_image(path)
 
 
+# --- throughput ----------------------------------------------------------------------------
+
+def _configure_throughput(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="a model name (registry names need --random-weights or weights)")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="the real architecture with random weights (speed only; answers are meaningless)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--dtype", default=None, help="e.g. bfloat16 (default: float32 on CPU)")
+    parser.add_argument("--batch-sizes", default="1,4,16", help="comma-separated samples per pass (1: the engine; "
+                        "more: packed)")
+    parser.add_argument("--samples", type=_positive_int, default=32, help="requests timed at each batch size")
+    parser.add_argument("--answer-tokens", type=_positive_int, default=8, help="fixed answer length (EOS ignored)")
+    parser.add_argument("--image-size", default=None, metavar="WxH", help="default: the model's protocol size")
+    parser.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: torch's); recorded")
+    parser.add_argument("--out", default="results/benchmarks",
+                        help="folder of the record throughput-<model>.json, which the paper plan reads")
+
+
+def _run_throughput(args: argparse.Namespace) -> int:
+    import repro
+    from repro.latency import check_device
+    from repro.models.geometry import parse_image_size
+    from repro.paths import check_output_dir
+    from repro.throughput import measure
+
+    check_device(args.device)
+    check_output_dir(args.out, "--out")
+    try:
+        batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
+    except ValueError:
+        raise ReproError(f"--batch-sizes takes whole numbers separated by commas, got {args.batch_sizes!r}") from None
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    model = repro.load(args.model, random_weights=args.random_weights, device=args.device, dtype=args.dtype)
+    record = measure(model, batch_sizes, samples=args.samples, answer_tokens=args.answer_tokens, device=args.device,
+                     image_size=parse_image_size(args.image_size) if args.image_size else None)
+    rows = [[b, fmt(v["samples_per_s"]), fmt(v["samples_per_s"] / record.batches[min(record.batches)]["samples_per_s"]),
+             fmt(v["prefill_samples_per_s"]), fmt(v["decode_tokens_per_s"] or float("nan")),
+             v["same_answers_as_smallest_batch"]] for b, v in record.batches.items()]
+    print(plain_table(["batch", "samples/s", "speedup", "prefill samples/s", "decode tokens/s", "same answers"], rows))
+    print(f"wrote {record.write(args.out)}: {record.describe()}")
+    return 0
+
+
 # --- sweep / tables / check ---------------------------------------------------------------
 
 
@@ -715,6 +761,8 @@ COMMANDS: MappingProxyType[str, Command] = MappingProxyType(
                            _configure_analyze, _run_analyze),
         "latency": Command("time each stage (vision, prefill, decode) per method and budget; the latency table",
                            _configure_latency, _run_latency),
+        "throughput": Command("samples per second at batch size 1 and packed (prefill, decode); the plan's GPU hours use it",
+                              _configure_throughput, _run_throughput),
         "sweep": Command("run a sweep spec into the results store (resumable), then write its table and figures",
                          _configure_sweep, _run_sweep),
         "tables": Command("regenerate a sweep's table and figures from the store", _configure_tables, _run_tables),

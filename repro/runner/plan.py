@@ -20,6 +20,9 @@ SECONDS_PER_SAMPLE = {"llava-1.5-7b": 0.12, "llava-1.5-13b": 0.2, "llava-next-7b
 THROUGHPUT_NOTE = ("assumed throughput: batch size 1, bf16, one H100-class GPU, short answers, "
                    "0.12-0.5 s a sample by model (runner/plan.py SECONDS_PER_SAMPLE); pruned cells are counted at "
                    "the unpruned speed, so this is an upper bound")
+MEASURE_HINT = ("not measured here: `python -m repro throughput --model MODEL --random-weights --device cuda "
+                "--dtype bfloat16` on a GPU writes a record to results/benchmarks/ that the plan then uses")
+THROUGHPUT_DIR = Path("results") / "benchmarks"  # where `python -m repro throughput` writes its records
 REDUCED_DOCS = 500  # the reduced run the plan prices when the spec sets no `subset`
 TINY_TEXT_TOKENS = 33  # the tiny world's mean prompt text tokens (the paper's: flops.DEFAULT_TEXT_TOKENS)
 
@@ -37,6 +40,7 @@ class Plan:
     model_options: dict[str, dict] = field(default_factory=dict)
     reduced: tuple[int, float] | None = None  # (documents per task, GPU hours) of the reduced run
     infeasible: list[str] = field(default_factory=list)  # model x method x budget warnings
+    throughput: list[str] = field(default_factory=lambda: [THROUGHPUT_NOTE, MEASURE_HINT])  # what the hours assume
 
     def lines(self) -> list[str]:
         out = [f"plan: {self.cells} cells = {self.rows} rows (model x method x budget x seed) x {len(self.tasks)} tasks",
@@ -50,7 +54,7 @@ class Plan:
             if self.reduced:
                 out.append(f"  estimate: {self.reduced[1]:.0f} GPU hours for the reduced run (`subset: "
                            f"{self.reduced[0]}` documents per task)")
-            out.append(f"  ({THROUGHPUT_NOTE})")
+            out += [f"  ({line})" for line in self.throughput]
         if self.infeasible:
             out.append(f"infeasible budgets ({len(self.infeasible)}; their samples will be recorded as infeasible):")
             out += [f"  - {line}" for line in self.infeasible]
@@ -96,7 +100,9 @@ def missing_inputs(spec: Spec, staged: Path | None) -> list[tuple[str, str]]:
     return missing
 
 
-def make_plan(spec: Spec, staged: Path | None = None) -> Plan:
+def make_plan(spec: Spec, staged: Path | None = None, throughput_dir: Path = THROUGHPUT_DIR) -> Plan:
+    """The plan; GPU hours use the measured throughput records in `throughput_dir` (repro/throughput.py)
+    for the models that have one, the stated assumption for the others."""
     cells = expand(spec)
     rows = len({c.group for c in cells})
     per_task = {t: (min(spec.limit, TASK_SIZES.get(t, spec.limit)) if spec.limit else TASK_SIZES.get(t, 0))
@@ -109,16 +115,27 @@ def make_plan(spec: Spec, staged: Path | None = None) -> Plan:
         per_task = reduced_per_task
     samples = sum(per_task[c.task] for c in cells)
     gpu = reduced = None
+    throughput = [THROUGHPUT_NOTE, MEASURE_HINT]
     if spec.profile == "paper":
+        from repro.throughput import measured
+
+        records = {m: r for m, r in measured(throughput_dir).items() if m in spec.models}
+        seconds = {**SECONDS_PER_SAMPLE, **{m: r.seconds_per_sample for m, r in records.items()}}
+
         def hours(sizes: dict) -> float:
-            return sum(sizes[c.task] * SECONDS_PER_SAMPLE.get(c.model, 0.3) for c in cells) / 3600
+            return sum(sizes[c.task] * seconds.get(c.model, 0.3) for c in cells) / 3600
 
         full = {t: (min(spec.limit, TASK_SIZES.get(t, spec.limit)) if spec.limit else TASK_SIZES.get(t, 0))
                 for t in spec.tasks}
         gpu, reduced = hours(full), (docs, hours(reduced_per_task))
+        if records:
+            throughput = [f"measured throughput ({throughput_dir}): " + "; ".join(r.describe() for r in records.values())
+                          + "; unpruned, fixed answer length, so an upper bound"]
+            if set(spec.models) - set(records):
+                throughput.append(f"the other models: {THROUGHPUT_NOTE}")
     return Plan(len(cells), list(spec.models), list(spec.tasks), rows, samples, gpu,
                 missing_inputs(spec, staged), _method_budgets(spec), dict(spec.model_options), reduced,
-                infeasible_budgets(spec))
+                infeasible_budgets(spec), throughput)
 
 
 def infeasible_budgets(spec: Spec) -> list[str]:
