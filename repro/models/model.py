@@ -148,10 +148,12 @@ class Model:
         return self.preparations.get(key, lambda: self._prepare_keyed(images, question))
 
     def _prepare_keyed(self, images: list[Image.Image], question: str) -> Prepared:
+        """A processor output to cache: its encoding key hashed once here and carried by every
+        copy, without the hashing closure (which holds the processor's CPU tensors)."""
         prepared = self.adapter.prepare(images, question)
         if self.encodings.enabled:
-            prepared.encoding_key  # hashed once here, carried by every cached copy
-        return prepared
+            prepared.encoding_key
+        return replace(prepared, key_source=None)
 
     @torch.inference_mode()
     def encode(self, prepared: Prepared, *, cached: bool = True) -> VisualTokens:
