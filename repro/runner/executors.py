@@ -5,8 +5,8 @@
 one record per cell. It skips finished cells, recomputes corrupt ones, and takes a per-cell lock so
 two workers on one store never compute the same cell at once (a locked cell is retried at the end,
 after the other worker has written it). The executors hand it cells task by task (`task_major`:
-every row of one task, then the next task), so the loaded model's encoding cache
-(models/encodings.py) encodes each image once.
+every row of one task, then the next task), so the loaded model's caches (models/encodings.py)
+process and encode each image once.
 
 The local executor (`run_local`) runs `workers` such workers over the same cells, each starting at
 another point of the list: the sweep's own process (its imports are paid already) and `workers - 1`
