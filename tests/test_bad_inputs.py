@@ -13,12 +13,15 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+import torch
 from PIL import Image
 
 import repro
 from repro.errors import ReproError
 from repro.runner.spec import expand, load_spec
 from repro.runner.store import Store
+
+from conftest import make_image
 
 GOOD = """\
 profile: tiny
@@ -265,15 +268,9 @@ def test_api_accepts_a_path_or_a_pil_image(world):
     assert json.dumps(from_path.stats.as_dict()) == json.dumps(from_pil.stats.as_dict())
 
 
-
 def test_a_vision_signal_the_family_lacks_is_one_clear_error(tiny_models):
     """Qwen2.5-VL's tower has no CLIP post-layernorm and no [CLS] token: asking is a ReproError
     naming the gap, not a NotImplementedError traceback."""
-    import torch
-
-    from conftest import make_image
-    from repro.errors import ReproError
-
     model = tiny_models["tiny-qwen2.5-vl"]["sdpa"]
     signals = model.encode(model.prepare([make_image(0)], "What?")).signals
     with pytest.raises(ReproError, match="QwenSignals has no CLIP post-layernorm; the method asking for it"):

@@ -27,7 +27,6 @@ SEED = 0
 LEVEL = 0.95
 #: per-sample dict fields that tie documents into one scoring unit (lmms-eval's MME / our MMBench)
 CLUSTER_FIELDS = ("question_id", "circular_id")
-CLUSTER_FIELDS_SET = frozenset(CLUSTER_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -105,7 +104,7 @@ def _relabel(value: Any, copy: int) -> Any:
 def _copies(values: list[list[Any]]) -> Callable[[int, int], list[Any]]:
     """(cluster, copy) -> the cluster's values as that drawn copy: relabeled where a value carries a
     cluster field (each distinct pair built once), the stored values themselves otherwise."""
-    if not any(isinstance(v, dict) and CLUSTER_FIELDS_SET & v.keys() for g in values for v in g):
+    if not any(isinstance(v, dict) and any(f in v for f in CLUSTER_FIELDS) for g in values for v in g):
         return lambda c, _j: values[c]
     built: dict[tuple[int, int], list[Any]] = {}
 

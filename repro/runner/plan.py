@@ -40,7 +40,7 @@ class Plan:
     model_options: dict[str, dict] = field(default_factory=dict)
     reduced: tuple[int, float] | None = None  # (documents per task, GPU hours) of the reduced run
     infeasible: list[str] = field(default_factory=list)  # model x method x budget warnings
-    throughput: list[str] = field(default_factory=lambda: [THROUGHPUT_NOTE, MEASURE_HINT])  # what the hours assume
+    throughput: list[str] = field(default_factory=list)  # what the GPU hours assume, a line each
 
     def lines(self) -> list[str]:
         out = [f"plan: {self.cells} cells = {self.rows} rows (model x method x budget x seed) x {len(self.tasks)} tasks",
