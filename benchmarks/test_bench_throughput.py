@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -34,7 +35,7 @@ from repro.runner.spec import expand, load_spec
 from repro.runner.store import Store
 from repro.runner.sweep import run_sweep
 
-MAIN = os.path.join(os.path.dirname(__file__), "..", "sweeps", "tiny", "main.yaml")
+MAIN = Path(__file__).resolve().parent.parent / "sweeps" / "tiny" / "main.yaml"
 TASKS = ["tinyworld_pope", "tinyworld_gqa"]
 LIMIT = 24
 VARIANTS = {  # label -> (workers, cache MiB, batch size)
@@ -59,7 +60,7 @@ def _answers(store: Store, cells) -> list:
 
 @pytest.fixture(scope="module")
 def spec(tmp_path_factory):
-    raw = yaml.safe_load(open(MAIN))
+    raw = yaml.safe_load(MAIN.read_text())
     raw.update(tasks=TASKS, limit=LIMIT, methods=[m for m in raw["methods"] if "search" not in m])
     path = tmp_path_factory.mktemp("spec") / "throughput.yaml"
     path.write_text(yaml.safe_dump(raw))

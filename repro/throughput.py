@@ -23,7 +23,13 @@ from pathlib import Path
 import torch
 
 from repro.errors import ReproError
-from repro.latency import StageTimer, check_device, default_image_size, environment, synthetic_image
+from repro.latency import (
+    StageTimer,
+    check_device,
+    default_image_size,
+    environment,
+    synthetic_image,
+)
 
 QUESTIONS = ("What is in the image?",
              "Answer with a single word: which colour covers most of the picture?",

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import TINY, make_image
 
 import repro
 from repro.errors import ReproError
 from repro.methods import specs
 from repro.models.encodings import DEFAULT_CAPACITY_BYTES, EncodingCache, nbytes
-
-from conftest import TINY, make_image
 
 QUESTIONS = ["What?", "Describe the colours of the objects in the picture, from left to right, in a few words."]
 

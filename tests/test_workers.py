@@ -9,7 +9,13 @@ import pytest
 import torch
 
 from repro.errors import ReproError
-from repro.runner.executors import Outcome, _merge, _results, default_workers, task_major
+from repro.runner.executors import (
+    Outcome,
+    _merge,
+    _results,
+    default_workers,
+    task_major,
+)
 from repro.runner.spec import expand, load_spec
 from repro.runner.store import Store
 from repro.runner.sweep import run_sweep

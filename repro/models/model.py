@@ -151,9 +151,8 @@ class Model:
         """A processor output to cache: its encoding key hashed once here and carried by every
         copy, without the hashing closure (which holds the processor's CPU tensors)."""
         prepared = self.adapter.prepare(images, question)
-        if self.encodings.enabled:
-            prepared.encoding_key
-        return replace(prepared, key_source=None)
+        key = prepared.encoding_key if self.encodings.enabled else None
+        return replace(prepared, key_source=None, _key=key)
 
     @torch.inference_mode()
     def encode(self, prepared: Prepared, *, cached: bool = True) -> VisualTokens:
